@@ -1,0 +1,200 @@
+"""The library entry point: ``nst_jax.stylize(content, style, **settings) -> Result``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import images, optim, vgg, weights
+from nst_jax.config import Settings
+from nst_jax.objective import Objective, make_targets
+
+
+@dataclass
+class Result:
+    """The outcome of a stylization.
+
+    Attributes:
+        array: the output, float32 ``(H, W, 3)`` RGB in [0, 1].
+        history: loss records; ``history[0]`` is the initial image at iteration 0.
+        settings: the settings used.
+        output: where the image was written, if it was.
+    """
+
+    array: np.ndarray
+    history: list[optim.Record]
+    settings: Settings
+    output: Path | None = None
+    snapshots: list[Path] = field(default_factory=list)
+
+    @property
+    def image(self):
+        """The output as a ``PIL.Image``."""
+        return images.to_pil(self.array)
+
+    @property
+    def loss(self) -> float:
+        """Final total loss."""
+        return self.history[-1].total
+
+    def save(self, path, *, metadata: dict | None = None) -> Path:
+        """Writes the output atomically (PNG gets the settings as metadata)."""
+        meta = {"settings": self.settings.to_dict(), **(metadata or {})}
+        return images.save_image(self.array, path, metadata=meta)
+
+    def _repr_png_(self) -> bytes:  # notebooks display the result
+        import io
+
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_params(spec: str | None):
+    return weights.resolve_params(spec)
+
+
+def get_params(spec: str | None):
+    """VGG-19 params for a weights spec (see :func:`nst_jax.load_vgg19`), cached per spec."""
+    if spec is None:
+        spec = os.environ.get("NST_JAX_WEIGHTS") or None
+    if spec is not None and spec != "random":
+        spec = str(Path(spec).expanduser().resolve())
+    return _cached_params(spec)
+
+
+def make_settings(settings: Settings | None = None, **overrides) -> Settings:
+    """``settings`` (default: neural-style's) with ``overrides`` applied; unknown names are an error."""
+    settings = settings or Settings()
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(names))}.")
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def prepare_styles(style, s: Settings) -> list[np.ndarray]:
+    """Loads and resizes the style image(s) to ``image_size * style_scale`` (long side)."""
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    if not styles:
+        raise ValueError("no style image given: pass at least one.")
+    if s.style_blend_weights is not None and len(s.style_blend_weights) != len(styles):
+        raise ValueError(f"style_blend_weights has {len(s.style_blend_weights)} value(s) for {len(styles)} "
+                         "style image(s); give one weight per style image.")
+    size = max(1, int(s.image_size * s.style_scale))
+    out = []
+    for i, st in enumerate(styles, start=1):
+        label = "style image" if len(styles) == 1 else f"style image {i}"
+        out.append(images.resize_long_side(images.load_image(st, label=label), size, label=label))
+    return out
+
+
+def initial_image(s: Settings, content: np.ndarray, styles: list[np.ndarray], key=None) -> jax.Array:
+    """The starting point in Caffe space, ``(H, W, 3)``, for content of shape ``content.shape``."""
+    h, w = content.shape[:2]
+    if s.init == "random":
+        key = jax.random.key(s.seed) if key is None else key
+        return 0.001 * jax.random.normal(key, (h, w, 3), jnp.float32)  # neural-style: randn * 0.001
+    if s.init == "content":
+        src = content
+    elif s.init == "style":
+        src = images.resize(styles[0], (h, w))
+    else:
+        src = images.resize(images.load_image(s.init_image, label="init image"), (h, w))
+    return vgg.preprocess(jnp.asarray(src))
+
+
+def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
+            callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
+            **overrides) -> Result:
+    """Stylizes one content image.
+
+    Args:
+        content: a path, a ``PIL.Image`` or an ``(H, W, 3)`` float array in [0, 1].
+        style: one style image (same kinds) or a list of them (blended by ``style_blend_weights``).
+        settings: a :class:`Settings`; ``overrides`` (any of its field names) are applied on top.
+        output: if given, the result is written there atomically (PNG metadata holds the settings),
+            and snapshots (``save_every``) next to it as ``<stem>_<iteration><suffix>``.
+        callback: called with each progress :class:`~nst_jax.optim.Record` (outside ``jit``).
+        progress: show a progress bar (``tqdm.auto``: terminal or notebook).
+
+    Returns:
+        A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
+
+    Raises:
+        ValueError: a bad setting or input (``images.ImageError`` for images), naming it.
+        nst_jax.optim.NonFiniteLossError: the loss became NaN/inf (nothing is written).
+    """
+    s = make_settings(settings, **overrides)
+    out_path = images.check_output_path(output) if output is not None else None
+    content_img = images.load_image(content, label="content image")
+    content_img = images.resize_long_side(content_img, s.image_size, label="content image")
+    styles = prepare_styles(style, s)
+    params = get_params(s.weights)
+
+    objective = Objective.from_settings(s)
+    spec = optim.SolverSpec.from_settings(s)
+    content_caffe = vgg.preprocess(jnp.asarray(content_img))
+    targets = make_targets(objective, params, content_caffe,
+                           [vgg.preprocess(jnp.asarray(st)) for st in styles], s.style_blend_weights)
+    x0 = initial_image(s, content_img, styles)
+
+    stepper = optim.single_image_stepper(objective, spec, params, targets, s.loop)
+    history: list[optim.Record] = []
+    snapshots: list[Path] = []
+    bar = _progress_bar(s.num_iterations) if progress else None
+
+    def on_stop(state: optim.State, elapsed: float) -> None:
+        it = int(state.iteration)
+        t = jax.device_get(state.terms)
+        rec = optim.Record(it, float(t.total), float(t.content), float(t.style), float(t.tv), elapsed)
+        if not history or history[-1].iteration != it:
+            history.append(rec)
+        if bar is not None:
+            bar.update(it - bar.n)
+            bar.set_postfix(loss=f"{rec.total:.4g}", content=f"{rec.content:.3g}", style=f"{rec.style:.3g}")
+        if callback is not None:
+            callback(rec)
+        if out_path is not None and s.save_every and it and it % s.save_every == 0 and it < s.num_iterations:
+            snap = out_path.with_name(f"{out_path.stem}_{it}{out_path.suffix}")
+            snapshots.append(images.save_image(_finish(state.x, content_img, s), snap,
+                                               metadata={"settings": s.to_dict(), "iteration": it}))
+
+    try:
+        state = optim.run(stepper, x0, s.num_iterations, chunk_size=s.chunk_size,
+                          stops=optim.checkpoints(s.num_iterations, s.print_every, s.save_every),
+                          on_stop=on_stop)
+    finally:
+        if bar is not None:
+            bar.close()
+    result = Result(_finish(state.x, content_img, s), history, s, snapshots=snapshots)
+    if out_path is not None:
+        result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
+                                                        "loss": result.loss})
+    return result
+
+
+def _finish(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarray:
+    """Caffe-space image -> RGB [0, 1] float32 array (colors transferred back if asked)."""
+    rgb = np.clip(np.asarray(vgg.deprocess(x), np.float32), 0.0, 1.0)
+    if s.original_colors:
+        rgb = images.original_colors(content_img, rgb)
+    return rgb
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="it", dynamic_ncols=True, leave=False)
+
+
+__all__: Sequence[str] = ["Result", "stylize", "get_params", "make_settings"]

@@ -1,0 +1,297 @@
+"""Optimizers and compiled optimization loops.
+
+One pure, single-image step::
+
+    state = init(objective, spec, params, x0, targets)
+    state = step(objective, spec, params, state, targets)
+
+and a driver, :func:`run`, that advances the state ``n`` iterations per
+compiled call and hands the state to Python only between calls (for progress,
+history and snapshots). Batches are ``jax.vmap`` of the same ``init``/``step``
+(see :mod:`nst_jax.batch`); there is no second, batched copy of the math.
+
+Loop form (a measured, per-backend choice, see BENCHMARKS.md): on XLA:CPU a
+convolution inside a ``while``/``scan`` body runs several times slower than
+outside one (jax-ml/jax#12868), so on CPU each iteration is one jitted call
+driven from Python ("step"); on GPU/TPU a ``fori_loop`` of up to
+``chunk_size`` iterations runs per call ("chunk"). The iteration count of a
+chunk is a traced value, so neither form recompiles between calls.
+
+Optimizers:
+
+* ``lbfgs`` with ``linesearch="none"`` (default): neural-style's L-BFGS, i.e.
+  ``torch.optim.LBFGS`` as jcjohnson/neural-style and neural-style-pt use it:
+  unit steps (times the learning rate) with no line search, a first step of
+  ``min(1, 1/|g|_1) * lr`` along ``-g``, the initial inverse Hessian
+  ``y.s / y.y`` of the newest pair, and curvature pairs with ``y.s <= 1e-10``
+  skipped. Built on ``optax.scale_by_lbfgs``.
+* ``lbfgs`` with ``"zoom"``/``"backtracking"``: ``optax.lbfgs`` with optax's
+  line searches (several loss evaluations per iteration, each inside a
+  ``while_loop``).
+* ``lbfgs`` with ``"jaxopt"``: ``jaxopt.LBFGS`` (zoom line search). jaxopt is
+  archived upstream; kept as an independent reference.
+* ``adam``: ``optax.adam``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nst_jax.config import Settings
+from nst_jax.objective import Objective, Terms
+
+#: torch.optim.LBFGS skips curvature pairs with y.s below this.
+_CURVATURE_EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """The optimizer's settings; hashable (a static ``jit`` argument)."""
+
+    optimizer: str = "lbfgs"
+    learning_rate: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+    history: int = 100
+    linesearch: str = "none"
+    tolerance_grad: float = 0.0
+    tolerance_change: float = 0.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "SolverSpec":
+        return cls(optimizer=s.optimizer, learning_rate=s.step_size, beta1=s.beta1, beta2=s.beta2,
+                   epsilon=s.epsilon, history=s.lbfgs_history, linesearch=s.lbfgs_linesearch,
+                   tolerance_grad=s.tolerance_grad, tolerance_change=s.tolerance_change)
+
+
+class State(NamedTuple):
+    """Optimization state of one image (or, under ``vmap``, of each image of a batch)."""
+
+    x: jax.Array  # the image, Caffe space, (H, W, 3)
+    opt_state: Any
+    terms: Terms  # loss terms at x
+    grad: jax.Array  # gradient of terms.total at x
+    iteration: jax.Array  # int32: iterations done by this image
+    done: jax.Array  # bool: converged (or non-finite); frozen from then on
+
+
+def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransformation:
+    """L-BFGS direction with torch.optim.LBFGS's conventions (no line search).
+
+    Wraps ``optax.scale_by_lbfgs`` and changes two things to match PyTorch:
+
+    * the first direction is ``min(1, 1/|g|_1) * g`` (PyTorch scales its first
+      step by the L1 norm; optax caps by the L2 norm);
+    * a curvature pair with ``y.s <= 1e-10`` is not learned from. The newest
+      good pair is stored again in its place: a BFGS update with a pair the
+      matrix already satisfies is the identity, so this equals skipping the
+      pair, and the initial scaling ``y.s / y.y`` stays that of the newest
+      good pair, as in PyTorch.
+    """
+    inner = optax.scale_by_lbfgs(memory_size=memory_size, scale_init_precond=True)
+
+    def update(grads, state, params):
+        s = optax.tree.sub(params, state.params)
+        y = optax.tree.sub(grads, state.updates)
+        bad = (state.count > 0) & (optax.tree.vdot(y, s) <= _CURVATURE_EPS)
+        prev = (state.count - 1) % memory_size  # slot of the newest stored pair
+        has_prev = state.count > 1
+        s_prev = jax.tree.map(lambda m: jnp.where(has_prev, m[prev], 0), state.diff_params_memory)
+        y_prev = jax.tree.map(lambda m: jnp.where(has_prev, m[prev], 0), state.diff_updates_memory)
+        # Present the previous pair again (or a zero pair, which optax ignores) instead of the bad one.
+        fake_params = optax.tree.sub(params, s_prev)
+        fake_updates = optax.tree.sub(grads, y_prev)
+        state = state._replace(
+            params=jax.tree.map(lambda a, b: jnp.where(bad, a, b), fake_params, state.params),
+            updates=jax.tree.map(lambda a, b: jnp.where(bad, a, b), fake_updates, state.updates),
+        )
+        direction, new_state = inner.update(grads, state, params)
+        l1 = sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads))
+        first = optax.tree.scale(jnp.minimum(1.0, 1.0 / l1), grads)
+        direction = jax.tree.map(lambda a, b: jnp.where(state.count == 0, a, b), first, direction)
+        return direction, new_state
+
+    return optax.GradientTransformation(inner.init, update)
+
+
+def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
+    if spec.optimizer == "adam":
+        return optax.adam(spec.learning_rate, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
+    if spec.linesearch == "none":
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate))
+    if spec.linesearch == "zoom":
+        ls = optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
+    elif spec.linesearch == "backtracking":
+        ls = optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True)
+    else:
+        raise ValueError(f"unknown L-BFGS line search {spec.linesearch!r}.")
+    return optax.lbfgs(learning_rate=spec.learning_rate if spec.learning_rate != 1.0 else None,
+                       memory_size=spec.history, linesearch=ls)
+
+
+def _jaxopt_solver(objective: Objective, spec: SolverSpec):
+    import jaxopt  # archived upstream; imported only when chosen
+
+    def fun(x, params, targets):
+        t = objective.loss(params, x, targets)
+        return t.total, t
+
+    return jaxopt.LBFGS(fun=fun, has_aux=True, history_size=spec.history, maxiter=2**31 - 1,
+                        tol=0.0, linesearch="zoom")
+
+
+def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets) -> State:
+    """Evaluates the initial image and builds the optimizer state (pure; vmap-able)."""
+    terms, grad = objective.value_and_grad(params, x0, targets)
+    if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
+        opt_state = _jaxopt_solver(objective, spec).init_state(x0, params, targets)
+    else:
+        opt_state = _transformation(spec).init(x0)
+    done = _converged(spec, terms.total, terms.total + jnp.inf, grad) | ~jnp.isfinite(terms.total)
+    return State(x0, opt_state, terms, grad, jnp.zeros((), jnp.int32), done)
+
+
+def _converged(spec: SolverSpec, value, prev_value, grad):
+    small_grad = jnp.max(jnp.abs(grad)) <= spec.tolerance_grad
+    small_change = jnp.abs(value - prev_value) < spec.tolerance_change
+    return small_grad | small_change
+
+
+def step(objective: Objective, spec: SolverSpec, params, state: State, targets) -> State:
+    """One optimizer iteration of one image (pure; vmap-able). A finished image is returned unchanged."""
+    if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
+        x, opt_state = _jaxopt_solver(objective, spec).update(state.x, state.opt_state, params, targets)
+        terms, grad = opt_state.aux, opt_state.grad
+    else:
+        tx = _transformation(spec)
+        if spec.optimizer == "lbfgs" and spec.linesearch != "none":
+            updates, opt_state = tx.update(
+                state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
+                value_fn=lambda z: objective.loss(params, z, targets).total)
+        else:
+            updates, opt_state = tx.update(state.grad, state.opt_state, state.x)
+        x = optax.apply_updates(state.x, updates)
+        terms, grad = objective.value_and_grad(params, x, targets)
+    done = _converged(spec, terms.total, state.terms.total, grad) | ~jnp.isfinite(terms.total)
+    new = State(x, opt_state, terms, grad, state.iteration + 1, done)
+    return jax.tree.map(lambda old, n: jnp.where(state.done, old, n), state, new)
+
+
+def steps(objective: Objective, spec: SolverSpec, params, state: State, targets, n) -> State:
+    """``n`` iterations (``n`` may be traced) as one ``fori_loop``."""
+    return jax.lax.fori_loop(0, n, lambda _, s: step(objective, spec, params, s, targets), state)
+
+
+def default_loop() -> str:
+    """The loop form that measured fastest on the default backend: 'step' on CPU, 'chunk' elsewhere."""
+    return "step" if jax.default_backend() == "cpu" else "chunk"
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_jit(objective, spec, params, x0, targets):
+    return init(objective, spec, params, x0, targets)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _step_jit(objective, spec, params, state, targets):
+    return step(objective, spec, params, state, targets)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _steps_jit(objective, spec, params, state, targets, n):
+    return steps(objective, spec, params, state, targets, n)
+
+
+class Stepper(NamedTuple):
+    """Compiled entry points of one problem: ``init(x0)`` and ``advance(state, n)``."""
+
+    init: Callable[[jax.Array], State]
+    advance: Callable[[State, int], State]
+
+
+def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets, loop: str = "auto") -> Stepper:
+    """Compiled ``init``/``advance`` for one image with the chosen loop form."""
+    loop = default_loop() if loop == "auto" else loop
+
+    def advance(state, n):
+        if loop == "step":
+            for _ in range(n):
+                state = _step_jit(objective, spec, params, state, targets)
+            return state
+        return _steps_jit(objective, spec, params, state, targets, jnp.asarray(n, jnp.int32))
+
+    return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets), advance)
+
+
+@dataclass(frozen=True)
+class Record:
+    """Progress of one image at one iteration (weighted loss terms, seconds since start)."""
+
+    iteration: int
+    total: float
+    content: float
+    style: float
+    tv: float
+    elapsed: float
+
+    def as_dict(self) -> dict:
+        return dict(iteration=self.iteration, total=self.total, content=self.content, style=self.style,
+                    tv=self.tv, elapsed=self.elapsed)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; no image is written from such a state."""
+
+
+def checkpoints(num_iterations: int, *everys: int) -> list[int]:
+    """Iterations at which Python looks at the state: multiples of each ``every`` and the last one."""
+    stops = {num_iterations}
+    for e in everys:
+        if e > 0:
+            stops.update(range(e, num_iterations, e))
+    return sorted(i for i in stops if i > 0)
+
+
+def run(stepper: Stepper, x0: jax.Array, num_iterations: int, *, chunk_size: int = 25,
+        stops: list[int] | None = None, on_stop: Callable[[State, float], None] | None = None) -> State:
+    """Drives ``stepper`` for ``num_iterations``, calling ``on_stop(state, elapsed)`` at iteration 0 and at
+    each of ``stops``; stops early once every image is done.
+
+    Raises:
+        NonFiniteLossError: some image's loss became NaN/inf.
+    """
+    t0 = time.perf_counter()
+    state = stepper.init(x0)
+    _check_finite(state, 0)
+    if on_stop:
+        on_stop(state, time.perf_counter() - t0)
+    stops = stops if stops is not None else [num_iterations]
+    it = 0
+    for stop in (s for s in stops if 0 < s <= num_iterations):
+        if bool(jnp.all(state.done)):
+            break
+        while it < stop:
+            n = min(chunk_size, stop - it)
+            state = stepper.advance(state, n)
+            it += n
+        _check_finite(state, it)
+        if on_stop:
+            on_stop(state, time.perf_counter() - t0)
+    return state
+
+
+def _check_finite(state: State, it: int) -> None:
+    total = jnp.asarray(state.terms.total)
+    if not bool(jnp.all(jnp.isfinite(total))):
+        raise NonFiniteLossError(
+            f"the loss became non-finite ({total.tolist()}) by iteration {it}. Lower the learning rate or the "
+            "loss weights, or use optimizer='adam'; no image was written from this state.")

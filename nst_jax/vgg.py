@@ -1,0 +1,341 @@
+"""VGG-19 (the 16 convolutional layers of the ImageNet model) as a Flax module.
+
+No I/O happens here: weights are read by :mod:`nst_jax.weights` into a params
+pytree and passed to :func:`apply`.
+
+Conventions (the Caffe/Keras ones, so converted weights are used unchanged):
+
+* The network's input is an image in the *Caffe space*: BGR channel order,
+  values 0..255, the ImageNet BGR mean ``(103.939, 116.779, 123.68)``
+  subtracted. :func:`preprocess` maps float RGB images in [0, 1] (NHWC) to that
+  space and :func:`deprocess` maps back; style transfer optimizes images in the
+  Caffe space, as neural-style does.
+* Kernels are HWIO, ``(3, 3, C_in, C_out)``; ``conv1_1``'s input channels are
+  in BGR order (the weights come from Caffe).
+* Params pytree: ``{"params": {"conv1_1": {"kernel", "bias"}, ...}}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: ImageNet mean in BGR order, 0..255 (Caffe / Keras ``preprocess_input``).
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+#: (block, number of conv layers, output channels) of VGG-19.
+BLOCKS: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
+
+#: The 16 convolution layers, shallow to deep.
+CONV_LAYERS: tuple[str, ...] = tuple(f"conv{b}_{i}" for b, n, _ in BLOCKS for i in range(1, n + 1))
+
+
+def _layer_sequence() -> tuple[str, ...]:
+    names: list[str] = []
+    for b, n, _ in BLOCKS:
+        for i in range(1, n + 1):
+            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
+        names.append(f"pool{b}")
+    return tuple(names)
+
+
+#: Every named output, in the order the network computes them.
+LAYERS: tuple[str, ...] = _layer_sequence()
+_LAYER_INDEX = {name: i for i, name in enumerate(LAYERS)}
+
+#: (C_in, C_out) of every convolution.
+CONV_CHANNELS: dict[str, tuple[int, int]] = {}
+_cin = 3
+for _b, _n, _c in BLOCKS:
+    for _i in range(1, _n + 1):
+        CONV_CHANNELS[f"conv{_b}_{_i}"] = (_cin, _c)
+        _cin = _c
+del _cin, _b, _n, _c, _i
+
+_KERAS_CONV = re.compile(r"^block([1-5])_conv([1-4])$")
+_KERAS_POOL = re.compile(r"^block([1-5])_pool$")
+
+Pooling = Literal["max", "avg"]
+Padding = Literal["zero", "reflect"]
+
+
+def canonical_layer(name: str) -> str:
+    """Returns the canonical name of a layer, resolving Keras aliases.
+
+    Keras's ``blockB_convI`` output already includes the ReLU, so it is
+    ``reluB_I`` here; ``blockB_pool`` is ``poolB``.
+
+    Raises:
+        ValueError: the name is not a VGG-19 layer; the message lists the valid ones.
+    """
+    if name in _LAYER_INDEX:
+        return name
+    m = _KERAS_CONV.match(name)
+    if m and f"relu{m[1]}_{m[2]}" in _LAYER_INDEX:
+        return f"relu{m[1]}_{m[2]}"
+    m = _KERAS_POOL.match(name)
+    if m:
+        return f"pool{m[1]}"
+    raise ValueError(
+        f"unknown VGG-19 layer {name!r}. Valid layers: {', '.join(LAYERS)} "
+        "(Keras aliases such as 'block4_conv2' = relu4_2 and 'block4_pool' = pool4 are accepted)."
+    )
+
+
+def canonical_layers(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Canonicalizes a layer name or a list of them (order kept, duplicates dropped)."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    out: list[str] = []
+    for n in names:
+        c = canonical_layer(n.strip())
+        if c not in out:
+            out.append(c)
+    if not out:
+        raise ValueError("no layer given: name at least one VGG-19 layer, e.g. 'relu4_2'.")
+    return tuple(out)
+
+
+def layer_index(name: str) -> int:
+    """Position of a (canonical) layer in :data:`LAYERS`."""
+    return _LAYER_INDEX[canonical_layer(name)]
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+    """RGB in [0, 1] -> Caffe space (BGR, 0..255, ImageNet mean subtracted)."""
+    bgr = images[..., ::-1] * 255.0
+    return bgr - jnp.asarray(IMAGENET_BGR_MEAN, dtype=images.dtype)
+
+
+def deprocess(x: jax.Array) -> jax.Array:
+    """Caffe space -> RGB in [0, 1] (not clipped): the inverse of :func:`preprocess`."""
+    bgr = x + jnp.asarray(IMAGENET_BGR_MEAN, dtype=x.dtype)
+    return bgr[..., ::-1] / 255.0
+
+
+_PRECISIONS = {
+    None: None,
+    "default": jax.lax.Precision.DEFAULT,
+    "high": jax.lax.Precision.HIGH,
+    "highest": jax.lax.Precision.HIGHEST,
+}
+
+
+class _ConvParams(nn.Module):
+    """Declares one 3x3 convolution's kernel (HWIO) and bias; returns them."""
+
+    c_in: int
+    c_out: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", nn.initializers.he_normal(), (3, 3, self.c_in, self.c_out))
+        bias = self.param("bias", nn.initializers.zeros, (self.c_out,))
+        return kernel, bias
+
+
+class VGG19(nn.Module):
+    """The convolutional part of VGG-19 on Caffe-space NHWC input.
+
+    Attributes:
+        pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys et al.'s
+            suggestion for smoother results).
+        padding: ``"zero"`` (as trained) or ``"reflect"`` (reflection padding
+            of each 3x3 convolution's input; fewer border artifacts).
+        precision: matmul/conv precision, ``None``/``"default"``, ``"high"`` or
+            ``"highest"``. On GPUs the default uses TF32/bf16 passes.
+        remat: recompute each block's activations in the backward pass
+            (``jax.checkpoint``) to fit larger images in memory.
+    """
+
+    pooling: Pooling = "max"
+    padding: Padding = "zero"
+    precision: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+        """Runs the network up to the deepest requested layer.
+
+        Args:
+            x: Caffe-space images, ``(N, H, W, 3)``.
+            layers: canonical layer names (see :func:`canonical_layers`).
+
+        Returns:
+            ``{layer: activations (N, H_l, W_l, C_l)}`` for the requested layers.
+        """
+        weights = {name: _ConvParams(cin, cout, name=name)() for name, (cin, cout) in CONV_CHANNELS.items()}
+        return forward(weights, x, tuple(layers), pooling=self.pooling, padding=self.padding,
+                       precision=self.precision, remat=self.remat)
+
+
+def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layers: tuple[str, ...], *,
+            pooling: Pooling = "max", padding: Padding = "zero", precision: str | None = None,
+            remat: bool = False) -> dict[str, jax.Array]:
+    """The network as a pure function of ``{conv: (kernel, bias)}``; stops after the deepest requested layer."""
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
+    if padding not in ("zero", "reflect"):
+        raise ValueError(f"padding must be 'zero' or 'reflect', got {padding!r}.")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"VGG-19 input must be (N, H, W, 3), got shape {tuple(x.shape)}.")
+    wanted = frozenset(layers)
+    last = max(_LAYER_INDEX[n] for n in wanted)
+    prec = _PRECISIONS[precision]
+    out: dict[str, jax.Array] = {}
+    start = 0
+    for b, n, _ in BLOCKS:
+        if start > last:
+            break
+        block_w = [weights[f"conv{b}_{i}"] for i in range(1, n + 1)]
+        fn = functools.partial(_run_block, block=b, padding=padding, pooling=pooling, precision=prec,
+                               stop=last - start, wanted=wanted)
+        if remat:
+            fn = jax.checkpoint(fn)
+        x, feats = fn(x, block_w)
+        out.update(feats)
+        start += 2 * n + 1
+    return out
+
+
+def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted):
+    """One VGG block (convs + ReLUs + pool), stopping after position ``stop`` within it."""
+    feats = {}
+    pos = 0
+    for i, (kernel, bias) in enumerate(block_w, start=1):
+        if padding == "reflect":
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+            pad = "VALID"
+        else:
+            pad = "SAME"
+        x = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         precision=precision) + bias.astype(x.dtype)
+        if f"conv{block}_{i}" in wanted:
+            feats[f"conv{block}_{i}"] = x
+        if pos + 1 > stop:
+            return x, feats
+        x = jax.nn.relu(x)
+        if f"relu{block}_{i}" in wanted:
+            feats[f"relu{block}_{i}"] = x
+        pos += 2
+        if pos > stop:
+            return x, feats
+    window = (1, 2, 2, 1)
+    if pooling == "max":
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+    else:
+        x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, window, "VALID") / 4.0
+    if f"pool{block}" in wanted:
+        feats[f"pool{block}"] = x
+    return x, feats
+
+
+def apply(params, x_caffe: jax.Array, layers: Sequence[str], *, pooling: Pooling = "max",
+          padding: Padding = "zero", precision: str | None = None, remat: bool = False) -> dict[str, jax.Array]:
+    """Pure function: features of Caffe-space images. Safe inside ``jit``/``vmap``/``grad``.
+
+    ``layers`` must be canonical names (static under ``jit``).
+    """
+    module = VGG19(pooling=pooling, padding=padding, precision=precision, remat=remat)
+    return module.apply(params, x_caffe, tuple(layers))
+
+
+def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+    """The expected shape of every parameter, ``{conv: {"kernel": HWIO, "bias": (C_out,)}}``."""
+    return {name: {"kernel": (3, 3, cin, cout), "bias": (cout,)} for name, (cin, cout) in CONV_CHANNELS.items()}
+
+
+def check_params(params) -> None:
+    """Raises ``ValueError`` naming the first missing, unexpected or misshapen parameter."""
+    if not isinstance(params, dict) or "params" not in params:
+        raise ValueError("VGG-19 params must be a dict {'params': {'conv1_1': {'kernel', 'bias'}, ...}}.")
+    p = params["params"]
+    expected = param_shapes()
+    missing = [k for k in expected if k not in p]
+    extra = [k for k in p if k not in expected]
+    if missing or extra:
+        raise ValueError(f"VGG-19 params: missing layers {missing}, unexpected layers {extra}.")
+    for name, shapes in expected.items():
+        for kind, shape in shapes.items():
+            got = tuple(np.shape(p[name].get(kind))) if kind in p[name] else None
+            if got != shape:
+                raise ValueError(f"VGG-19 params: {name}/{kind} has shape {got}, expected {shape}.")
+
+
+class FeatureExtractor:
+    """VGG-19 with its params: what :func:`nst_jax.load_vgg19` returns.
+
+    Attributes:
+        params: the params pytree (``{"params": {"conv1_1": {...}, ...}}``).
+        pooling, padding, precision, remat: the network's settings (see :class:`VGG19`).
+    """
+
+    def __init__(self, params, *, pooling: Pooling = "max", padding: Padding = "zero",
+                 precision: str | None = None, remat: bool = False):
+        check_params(params)
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
+        if padding not in ("zero", "reflect"):
+            raise ValueError(f"padding must be 'zero' or 'reflect', got {padding!r}.")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of None, 'default', 'high', 'highest', got {precision!r}.")
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.pooling, self.padding, self.precision, self.remat = pooling, padding, precision, remat
+        #: How many times :meth:`features` has been traced (compiled); for tests and diagnostics.
+        self.trace_count = 0
+        self._features = jax.jit(self._features_impl, static_argnames=("layers",))
+
+    def apply(self, params, x_caffe: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+        """Pure apply on Caffe-space input with this network's settings (use inside ``jit``/``vmap``)."""
+        return apply(params, x_caffe, canonical_layers(layers), pooling=self.pooling, padding=self.padding,
+                     precision=self.precision, remat=self.remat)
+
+    def _features_impl(self, params, images, layers):
+        self.trace_count += 1
+        return apply(params, preprocess(images), layers, pooling=self.pooling, padding=self.padding,
+                     precision=self.precision, remat=self.remat)
+
+    def features(self, images, layers: str | Iterable[str]) -> dict[str, jax.Array]:
+        """Activations of RGB images in [0, 1] at the given layers (jitted).
+
+        Args:
+            images: float32 array ``(N, H, W, 3)`` (or one image ``(H, W, 3)``), RGB in [0, 1].
+            layers: layer names (canonical or Keras aliases), or a comma-separated string.
+
+        Returns:
+            ``{canonical layer name: (N, H_l, W_l, C_l)}``, in the order requested.
+        """
+        layers = canonical_layers(layers)
+        images = check_images(images)
+        return self._features(self.params, images, layers)
+
+
+def check_images(images) -> jax.Array:
+    """Validates an RGB image batch for :meth:`FeatureExtractor.features`; returns ``(N, H, W, 3)`` float32."""
+    dtype = getattr(images, "dtype", None)
+    if dtype is None:
+        images = np.asarray(images)
+        dtype = images.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point RGB in [0, 1], got dtype {dtype}; "
+            "convert with `np.asarray(img, np.float32) / 255`.")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W, 3) or (H, W, 3), got {tuple(images.shape)}.")
+    if images.shape[-1] != 3:
+        raise ValueError(
+            f"images must have 3 (RGB) channels in the last axis (NHWC), got shape {tuple(images.shape)}; "
+            "convert grayscale/RGBA images to RGB first.")
+    if images.shape[1] < 1 or images.shape[2] < 1:
+        raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}.")
+    return jnp.asarray(images, jnp.float32)

@@ -1,0 +1,529 @@
+"""Where VGG-19 weights come from: download + checksum + cache, Keras ``.h5`` reader, canonical ``.npz``, random.
+
+Every source ends as the same params pytree (see :mod:`nst_jax.vgg`)::
+
+    {"params": {"conv1_1": {"kernel": (3, 3, C_in, C_out) float32 HWIO, "bias": (C_out,)}, ...}}
+
+with ``conv1_1``'s input channels in BGR order and inputs in the Caffe space
+(BGR, 0..255, ImageNet mean subtracted). The Keras file already has exactly
+this layout, so it is copied unchanged (names mapped, shapes asserted).
+
+Resolution of ``weights=None`` (:func:`resolve_params`), first match wins:
+
+1. ``$NST_JAX_WEIGHTS``: a file path, or the string ``random``;
+2. the cached Keras file ``<cache_dir()>/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5``
+   (its MD5 is checked);
+3. a download of that file into the cache (:func:`fetch_weights`).
+
+Nothing ever falls back to random weights: a failure raises
+:class:`WeightsError` saying what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import urllib.parse
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pooch
+import requests
+
+from nst_jax.vgg import CONV_LAYERS, VGG19, FeatureExtractor, Padding, Pooling, check_params, param_shapes
+
+__all__ = [
+    "KERAS_URL", "KERAS_MD5", "KERAS_FILENAME", "ENV_WEIGHTS", "ENV_CACHE", "WeightsError",
+    "cache_dir", "fetch_weights", "load_vgg19", "resolve_params", "random_params",
+    "load_params", "load_keras_h5", "load_npz", "save_npz",
+]
+
+#: The Keras applications VGG-19 "no top" file (convolutional layers only).
+KERAS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+#: Its MD5, as published in ``keras/applications/vgg19.py``.
+KERAS_MD5 = "253f8cb515780f3b799900260a226db6"
+#: The file name used in the cache (the last part of :data:`KERAS_URL`).
+KERAS_FILENAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+#: Environment variable: a weights file to use, or ``random``.
+ENV_WEIGHTS = "NST_JAX_WEIGHTS"
+#: Environment variable: the cache folder (default ``pooch.os_cache("nst_jax")``).
+ENV_CACHE = "NST_JAX_CACHE"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Keras names the convolutions ``block{B}_conv{I}``; ours are ``conv{B}_{I}``.
+_KERAS_CONV = re.compile(r"^block(\d+)_conv(\d+)$")
+_KERAS_NAME = {name: "block{}_conv{}".format(*name[4:].split("_")) for name in CONV_LAYERS}
+# Weight names: ``block1_conv1_W_1:0`` / ``block1_conv1_b_1:0`` (Keras 1, the 2016 file),
+# ``block1_conv1/kernel:0`` (Keras 2), ``block1_conv1/kernel`` (Keras 3 legacy writer).
+_KERNEL_NAME = re.compile(r"(^|[/_])(W|kernel)(_\d+)?(:\d+)?$")
+_BIAS_NAME = re.compile(r"(^|[/_])(b|bias)(_\d+)?(:\d+)?$")
+_ROLE_NDIM = {"kernel": 4, "bias": 1}
+
+
+class WeightsError(ValueError):
+    """A weights file could not be found, downloaded, verified or read; the message says how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def load_vgg19(weights: Any = None, pooling: Pooling = "max", padding: Padding = "zero",
+               precision: str | None = None, remat: bool = False, *, progress: bool = True) -> FeatureExtractor:
+    """VGG-19 with weights, ready to compute features.
+
+    Args:
+        weights: ``None`` for the default resolution (``$NST_JAX_WEIGHTS``, then the
+            cached Keras file, then a download; see the module docstring); a path
+            to a Keras ``.h5`` file or to an ``.npz`` written by :func:`save_npz`;
+            the string ``"random"`` for seeded random weights (smoke tests only:
+            features of a random network are not useful for style transfer); or a
+            params pytree ``{"params": {...}}``.
+        pooling: ``"max"`` (as trained) or ``"avg"``.
+        padding: ``"zero"`` (as trained) or ``"reflect"``.
+        precision: conv precision, ``None``/``"default"``, ``"high"`` or ``"highest"``.
+        remat: recompute activations in the backward pass to save memory.
+        progress: show a progress bar if the weights are downloaded.
+
+    Returns:
+        A :class:`nst_jax.vgg.FeatureExtractor`.
+
+    Raises:
+        WeightsError: the weights could not be found, downloaded or read.
+    """
+    params = resolve_params(weights, progress=progress)
+    return FeatureExtractor(params, pooling=pooling, padding=padding, precision=precision, remat=remat)
+
+
+def resolve_params(weights: Any = None, *, progress: bool = True) -> dict:
+    """The params pytree for a ``weights`` argument of :func:`load_vgg19` (same meanings)."""
+    if weights is None:
+        return _default_params(progress=progress)
+    if isinstance(weights, str) and weights == "random":
+        return random_params(seed=0)
+    if isinstance(weights, Mapping):
+        check_params(weights)
+        return {"params": {k: dict(v) for k, v in weights["params"].items()}}
+    if isinstance(weights, (str, os.PathLike)):
+        return load_params(weights)
+    raise WeightsError(
+        f"weights must be None, 'random', a file path or a params dict, got {type(weights).__name__}: "
+        f"{weights!r:.100}.")
+
+
+def _default_params(*, progress: bool) -> dict:
+    """``$NST_JAX_WEIGHTS``, then the cached Keras file, then a download."""
+    env = os.environ.get(ENV_WEIGHTS, "")
+    if env == "random":
+        return random_params(seed=0)
+    if env:
+        path = Path(env).expanduser()
+        if not path.exists():
+            raise WeightsError(
+                f"${ENV_WEIGHTS} points to {str(path)!r}, which does not exist. Fix: set ${ENV_WEIGHTS} to the "
+                f"path of {KERAS_FILENAME} (or of an .npz from save_npz), to 'random' for smoke tests, or unset "
+                "it to use the cache / download.")
+        return load_params(path)
+    cached = cache_dir() / KERAS_FILENAME
+    if cached.exists():
+        _check_cached_md5(cached)
+    else:
+        # The module constants are read here, at call time (not as bound defaults), so tests can redirect them.
+        cached = fetch_weights(KERAS_URL, "md5:" + KERAS_MD5, cache=cached.parent, progress=progress)
+    return load_keras_h5(cached)
+
+
+def _check_cached_md5(path: Path) -> None:
+    """A file in the cache is used only if it is the published one."""
+    got = pooch.file_hash(str(path), alg="md5")
+    if got != KERAS_MD5:
+        raise WeightsError(
+            f"the cached weights file {str(path)!r} has MD5 {got}, expected {KERAS_MD5}: it is not the published "
+            f"Keras file. Fix: delete it (it is downloaded again from {KERAS_URL}), or, to use this file anyway, "
+            f"point ${ENV_WEIGHTS} at it.")
+
+
+def random_params(seed: int = 0) -> dict:
+    """Seeded random VGG-19 params (He-normal kernels, zero biases), for tests and smoke runs.
+
+    Random weights give meaningless features; use them only when asked for explicitly.
+    The same seed gives the same params on every machine (NumPy's PCG64).
+    """
+    # The structure comes from the module itself (eval_shape: traced, not run). The values are drawn with
+    # NumPy, with the module's initializers (flax he_normal: truncated normal in [-2, 2] sigma, fan-in
+    # variance 2, and zero biases), because XLA:CPU takes ~1 s to compile JAX's random generator per
+    # tensor: VGG19().init costs 11-14 s on 2 cores, this well under 1 s.
+    shapes = jax.eval_shape(lambda key, x: VGG19().init(key, x, ("conv1_1",)),
+                            jax.random.key(0), jnp.zeros((1, 1, 1, 3), jnp.float32))
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for i, name in enumerate(CONV_LAYERS):
+        layer = shapes["params"][name]
+        rng = np.random.default_rng([seed, i])
+        params[name] = {"kernel": _he_normal(rng, layer["kernel"].shape),
+                        "bias": np.zeros(layer["bias"].shape, np.float32)}
+    result = {"params": params}
+    check_params(result)
+    return result
+
+
+def _he_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """``flax.linen.initializers.he_normal()`` in NumPy for an HWIO kernel."""
+    fan_in = int(np.prod(shape[:-1]))
+    # Standard normal truncated to [-2, 2] by redrawing the outliers; 0.8796... is its standard deviation,
+    # divided out so that the variance is exactly 2 / fan_in (as in jax.nn.initializers.variance_scaling).
+    x = rng.standard_normal(shape, dtype=np.float32)
+    out = np.abs(x) > 2
+    while out.any():
+        x[out] = rng.standard_normal(int(out.sum()), dtype=np.float32)
+        out = np.abs(x) > 2
+    return x * np.float32(np.sqrt(2.0 / fan_in) / 0.87962566103423978)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Download and cache
+
+
+def cache_dir() -> Path:
+    """The weights cache folder: ``$NST_JAX_CACHE`` if set, else ``pooch.os_cache("nst_jax")``."""
+    env = os.environ.get(ENV_CACHE, "")
+    if env:
+        return Path(env).expanduser()
+    return Path(pooch.os_cache("nst_jax"))
+
+
+def fetch_weights(url: str = KERAS_URL, known_hash: str | None = "md5:" + KERAS_MD5, *,
+                  cache: PathLike | None = None, progress: bool = True) -> Path:
+    """Downloads a weights file into the cache (once) and verifies its checksum.
+
+    The transfer goes to a temporary file in the cache folder that is renamed
+    only once the checksum matches (pooch's behaviour), so an interrupted or
+    corrupted download never leaves a file under the final name. An existing
+    file with the right checksum is not downloaded again.
+
+    Args:
+        url: where to download from; the cached file is named after its last part.
+        known_hash: ``"md5:<hex>"`` (or another algorithm pooch knows).
+        cache: folder to store the file in; default :func:`cache_dir`.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The path of the verified file.
+
+    Raises:
+        WeightsError: the server could not be reached, the transfer failed, the
+            checksum did not match (the file is removed) or the cache folder is
+            not writable. The message says how to place the file by hand.
+    """
+    folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    fname = Path(urllib.parse.urlparse(url).path).name or KERAS_FILENAME
+    try:
+        out = pooch.retrieve(url, known_hash, fname=fname, path=folder, progressbar=progress)
+    except requests.exceptions.RequestException as e:
+        raise WeightsError(_download_failed_message(url, folder / fname, e)) from e
+    except ValueError as e:
+        if "hash" not in str(e).lower():
+            raise
+        raise WeightsError(
+            f"checksum mismatch for {url}: {e} The downloaded file was removed; nothing was written to "
+            f"{str(folder / fname)!r}. Fix: retry (the server may have sent a truncated or different file), or "
+            f"download it elsewhere and check its hash ({known_hash}) before placing it by hand.") from e
+    except OSError as e:
+        raise WeightsError(
+            f"could not write the weights file to the cache folder {str(folder)!r}: {e}. Fix: make it writable, "
+            f"or set ${ENV_CACHE} to a writable folder.") from e
+    return Path(out)
+
+
+def _download_failed_message(url: str, target: Path, error: Exception) -> str:
+    return (
+        f"could not download the VGG-19 weights from {url}: {type(error).__name__}: {error}. "
+        "No file was written (partial transfers are discarded).\n"
+        "Fix, if this machine is offline or the server is unreachable:\n"
+        f"  - download {url} on another machine and copy it to {str(target)!r} "
+        f"(the cache folder; set ${ENV_CACHE} to choose another), or\n"
+        f"  - point ${ENV_WEIGHTS} at the downloaded file (or pass its path as weights=...), or\n"
+        "  - for smoke tests only, use random weights explicitly: weights='random' / --weights random.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def load_params(path: PathLike) -> dict:
+    """Reads a weights file by its content: a Keras HDF5 file or an ``.npz`` from :func:`save_npz`.
+
+    Raises:
+        WeightsError: the file is missing, of another kind, or not VGG-19 weights.
+    """
+    path = _existing_file(path)
+    if h5py.is_hdf5(path):
+        return load_keras_h5(path)
+    if zipfile.is_zipfile(path):
+        return load_npz(path)
+    hint = (" PyTorch checkpoints must be converted first: python scripts/convert_torch_weights.py IN.pth OUT.npz."
+            if path.suffix in (".pth", ".pt") else "")
+    raise WeightsError(
+        f"{str(path)!r} is neither an HDF5 (.h5) nor an .npz file. Fix: pass the Keras file {KERAS_FILENAME} "
+        f"(from {KERAS_URL}) or an .npz written by nst_jax.weights.save_npz.{hint}")
+
+
+def load_keras_h5(path: PathLike) -> dict:
+    """Reads VGG-19 weights from a Keras HDF5 file.
+
+    Supported layouts, each read through the file's own names (never by order):
+
+    * **Keras 1/2 legacy** (the 2016 ``..._notop.h5`` file, Keras 2
+      ``save_weights("x.h5")``, Keras 3's ``legacy_h5_format`` writer): the root
+      (or its ``model_weights`` group, for whole-model ``model.save("x.h5")``
+      files) has the attribute ``layer_names``; each layer group
+      ``<layer>`` has ``weight_names``, paths relative to that group, e.g.
+      ``block1_conv1_W_1:0`` (2016) or ``block1_conv1/kernel`` (Keras 3).
+    * **Keras 3 native** ``.weights.h5`` (``model.save_weights``): groups
+      ``layers/<class>_<n>/vars`` whose ``name`` attribute is the layer name
+      and whose datasets ``0``, ``1`` are the kernel and the bias.
+
+    Layer ``blockB_convI`` becomes ``convB_I``; other layers (input, pools, a
+    classifier top) are ignored. Keras files of the ``tf_kernels`` kind store
+    kernels HWIO with BGR input channels (the Caffe origin), which is our
+    layout, so arrays are copied unchanged (cast to float32).
+
+    Raises:
+        WeightsError: the file is missing, not HDF5, not a Keras weights file,
+            lacks a layer or has a wrong shape; the message names which.
+    """
+    path = _existing_file(path)
+    if not h5py.is_hdf5(path):
+        raise WeightsError(
+            f"{str(path)!r} is not an HDF5 file. Fix: pass the Keras VGG-19 no-top file {KERAS_FILENAME} "
+            f"(from {KERAS_URL}); re-download it if it is truncated.")
+    try:
+        with h5py.File(path, "r") as f:
+            tensors = _read_keras_tensors(f, path)
+    except OSError as e:
+        raise WeightsError(f"could not read the HDF5 file {str(path)!r}: {e}. Fix: re-download it.") from e
+    return _assemble(tensors, path, source="Keras")
+
+
+def _read_keras_tensors(f: h5py.File, path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """``{keras layer name: [(weight name, array), ...]}`` for the ``blockB_convI`` layers of the file."""
+    # A whole-model file (``model.save("x.h5")``) keeps the legacy weights layout under "model_weights".
+    root = f
+    if "layer_names" not in f.attrs and "model_weights" in f:
+        root = f["model_weights"]
+    if "layer_names" in root.attrs:
+        return _read_legacy(root, path)
+    if "layers" in f:
+        return _read_keras3_native(f, path)
+    raise WeightsError(
+        f"{str(path)!r} is an HDF5 file but not Keras weights: it has neither the 'layer_names' attribute "
+        "(Keras 1/2 and legacy .h5) nor a 'layers' group (Keras 3 .weights.h5). "
+        f"Fix: pass the Keras VGG-19 no-top file {KERAS_FILENAME}.")
+
+
+def _read_legacy(root: h5py.Group, path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Legacy layout: ``root.attrs["layer_names"]``; ``root[layer].attrs["weight_names"]`` paths in that group."""
+    out: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for layer in (_decode(n) for n in root.attrs["layer_names"]):
+        if not _KERAS_CONV.match(layer):
+            continue  # input, pooling, flatten, fc layers
+        if layer in out:
+            raise WeightsError(f"{str(path)!r}: layer {layer!r} is listed twice in 'layer_names'; the file is corrupt.")
+        if layer not in root:
+            raise WeightsError(f"{str(path)!r}: layer {layer!r} is listed in 'layer_names' but has no group; "
+                               "the file is corrupt or truncated. Fix: re-download it.")
+        group = root[layer]
+        names = [_decode(n) for n in group.attrs.get("weight_names", [])]
+        missing = [n for n in names if n not in group]
+        if missing:
+            raise WeightsError(f"{str(path)!r}: layer {layer!r} lists weights {missing} that are not in the "
+                               "file; it is corrupt or truncated. Fix: re-download it.")
+        out[layer] = [(n, np.asarray(group[n])) for n in names]
+    return out
+
+
+def _read_keras3_native(f: h5py.File, path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Keras 3 ``.weights.h5``: any ``.../vars`` group whose ``name`` attribute is ``blockB_convI``.
+
+    The group paths (``layers/conv2d_3``) come from class names and creation
+    order, so they are not used to identify layers; the ``name`` attribute is.
+    Nested models (``layers/functional/layers/...``) are found too.
+    """
+    out: dict[str, list[tuple[str, np.ndarray]]] = {}
+    unnamed: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if not (isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == "vars"):
+            return
+        datasets = [(k, v) for k, v in obj.items() if isinstance(v, h5py.Dataset)]
+        if "name" not in obj.attrs:
+            if datasets:
+                unnamed.append(name)
+            return
+        layer = _decode(obj.attrs["name"])
+        if not _KERAS_CONV.match(layer):
+            return
+        if layer in out:
+            raise WeightsError(f"{str(path)!r}: two groups hold layer {layer!r}; the file is not a single "
+                               "VGG-19. Fix: save the VGG-19 model's weights on their own.")
+        out[layer] = [(f"{name}/{k}", np.asarray(v)) for k, v in datasets]
+
+    f.visititems(visit)
+    if not out and unnamed:
+        raise WeightsError(
+            f"{str(path)!r} is a Keras 3 .weights.h5 file whose variable groups ({unnamed[0]}, ...) carry no "
+            "layer 'name' attribute (older Keras 3 releases), so layers cannot be identified without guessing "
+            "their order. Fix: re-save with a current Keras (model.save_weights('x.weights.h5')) or with "
+            "model.save('x.h5'), or use the original Keras file.")
+    return out
+
+
+def _assemble(tensors: dict[str, list[tuple[str, np.ndarray]]], path: Path, *, source: str) -> dict:
+    """Maps Keras layers to our names, assigns kernel/bias, asserts every shape."""
+    expected = param_shapes()
+    ours: dict[str, str] = {}
+    for keras_name in tensors:
+        m = _KERAS_CONV.match(keras_name)
+        name = f"conv{m[1]}_{m[2]}"
+        if name not in expected:
+            raise WeightsError(f"{str(path)!r}: unexpected layer {keras_name!r}: VGG-19 has no {name}. "
+                               "Is this another network (VGG-16 has 13 convolutions, VGG-19 16)?")
+        ours[name] = keras_name
+    found = ", ".join(tensors) or "none"
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for name in CONV_LAYERS:
+        keras_name = _KERAS_NAME[name]
+        if name not in ours:
+            raise WeightsError(
+                f"{str(path)!r}: missing layer {keras_name!r} ({name}); {source} conv layers found: {found}. "
+                f"Fix: use the VGG-19 no-top file {KERAS_FILENAME} (from {KERAS_URL}).")
+        params[name] = _kernel_and_bias(tensors[keras_name], keras_name, name, path)
+    result = {"params": params}
+    check_params(result)
+    return result
+
+
+def _kernel_and_bias(weights: list[tuple[str, np.ndarray]], keras_name: str, name: str,
+                     path: Path) -> dict[str, np.ndarray]:
+    """Assigns a layer's arrays to kernel/bias by name (else by rank) and checks shapes against VGG-19's."""
+    if len(weights) != 2:
+        raise WeightsError(f"{str(path)!r}: layer {keras_name!r} ({name}) has {len(weights)} weights "
+                           f"{[n for n, _ in weights]}, expected 2 (kernel and bias).")
+    shapes = param_shapes()[name]
+    out: dict[str, np.ndarray] = {}
+    for wname, array in weights:
+        role = _role(wname, array)
+        if role in out:
+            raise WeightsError(f"{str(path)!r}: layer {keras_name!r} ({name}) has two {role}s "
+                               f"{[n for n, _ in weights]}; expected one kernel and one bias.")
+        want = shapes[role]
+        if array.shape != want:
+            hint = ""
+            if role == "kernel" and array.shape == (want[3], want[2], want[0], want[1]):
+                # OIHW is the Theano/Caffe/PyTorch ordering; Keras "th_kernels" files use it.
+                hint = (" This looks like an OIHW (Theano/PyTorch) kernel: use the 'tf_kernels' Keras file, or "
+                        "convert with scripts/convert_torch_weights.py.")
+            raise WeightsError(f"{str(path)!r}: layer {keras_name!r} ({name}) {role} {wname!r} has shape "
+                               f"{array.shape}, expected {want}.{hint}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise WeightsError(f"{str(path)!r}: layer {keras_name!r} ({name}) {role} has dtype {array.dtype}, "
+                               "expected floating point.")
+        out[role] = np.asarray(array, np.float32)
+    return out
+
+
+def _role(wname: str, array: np.ndarray) -> str:
+    """``"kernel"`` or ``"bias"``: from the weight's name when it says, else from its rank (4 vs 1)."""
+    if _KERNEL_NAME.search(wname):
+        return "kernel"
+    if _BIAS_NAME.search(wname):
+        return "bias"
+    # Keras 3 native files name variables "0", "1": use the rank (a 3x3 conv kernel is 4-D, a bias 1-D).
+    return "kernel" if array.ndim == 4 else "bias"
+
+
+def save_npz(params: Mapping, path: PathLike) -> Path:
+    """Writes params to our canonical ``.npz`` (keys ``conv1_1/kernel``, ``conv1_1/bias``, ...; float32).
+
+    Same layout as the params pytree: kernels HWIO, BGR input channels, Caffe-space
+    inputs. The file is written to a temporary name and renamed, so a crash never
+    leaves a partial file. The path is used as given (no ``.npz`` is appended).
+
+    Returns:
+        The path written.
+    """
+    check_params(params)
+    path = Path(path).expanduser()
+    arrays = {f"{name}/{kind}": np.asarray(value, np.float32)
+              for name, layer in params["params"].items() for kind, value in layer.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fobj:
+            np.savez(fobj, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_npz(path: PathLike) -> dict:
+    """Reads params written by :func:`save_npz` (or ``scripts/convert_torch_weights.py``).
+
+    Raises:
+        WeightsError: the file is missing, not an ``.npz``, lacks a layer, has
+            unexpected keys or a wrong shape.
+    """
+    path = _existing_file(path)
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{str(path)!r} is not an .npz file. Fix: write it with nst_jax.weights.save_npz, "
+                           "or pass a Keras .h5 file instead.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"could not read {str(path)!r} as .npz: {e}. Fix: write it again with save_npz.") from e
+    expected = param_shapes()
+    unexpected = sorted(k for k in arrays if k.split("/")[0] not in expected or len(k.split("/")) != 2
+                        or k.split("/")[1] not in ("kernel", "bias"))
+    if unexpected:
+        raise WeightsError(f"{str(path)!r}: unexpected arrays {unexpected[:5]}; expected keys 'conv1_1/kernel', "
+                           "'conv1_1/bias', ... Fix: write the file with nst_jax.weights.save_npz.")
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for name, shapes in expected.items():
+        params[name] = {}
+        for kind, want in shapes.items():
+            key = f"{name}/{kind}"
+            if key not in arrays:
+                raise WeightsError(f"{str(path)!r}: missing layer {name} (array {key!r}). Fix: write the file "
+                                   "with nst_jax.weights.save_npz from complete params.")
+            if arrays[key].shape != want:
+                raise WeightsError(f"{str(path)!r}: {key} has shape {arrays[key].shape}, expected {want}.")
+            params[name][kind] = arrays[key].astype(np.float32)
+    return {"params": params}
+
+
+def _existing_file(path: PathLike) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsError(
+            f"weights file not found: {str(path)!r}. Fix: check the path, or pass weights=None to use "
+            f"${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or weights='random' for smoke tests.")
+    if not path.is_file():
+        raise WeightsError(f"weights path {str(path)!r} is not a file. Fix: pass the path of the .h5/.npz file.")
+    return path
+
+
+def _decode(value: Any) -> str:
+    """h5py attributes hold names as ``bytes`` (Keras 1/2) or ``str`` (Keras 3)."""
+    return value.decode("utf8") if isinstance(value, (bytes, np.bytes_)) else str(value)

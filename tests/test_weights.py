@@ -1,0 +1,409 @@
+"""Weight sources: download/checksum/cache (against a local HTTP server), resolution order, file readers, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from nst_jax import vgg, weights
+from nst_jax.weights import WeightsError
+
+FNAME = weights.KERAS_FILENAME
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def write_keras_2016_h5(path: Path, params: dict, dtype=np.float32) -> Path:
+    """Writes params exactly like the original 2016 Keras no-top file (Keras 1 ``save_weights``).
+
+    Root attribute ``layer_names`` (bytes); one group per layer, including the
+    input and pooling layers, each with attribute ``weight_names`` (bytes, empty
+    for weightless layers); datasets ``blockB_convI_W_1:0`` (HWIO kernel, BGR
+    input) and ``blockB_convI_b_1:0`` directly under the layer group.
+    """
+    layer_names = ["input_1"]
+    for b, n, _ in vgg.BLOCKS:
+        layer_names += [f"block{b}_conv{i}" for i in range(1, n + 1)] + [f"block{b}_pool"]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
+        for name in layer_names:
+            g = f.create_group(name)
+            if "_conv" not in name:
+                g.attrs["weight_names"] = np.array([])  # what h5py makes of Keras 1's empty list
+                continue
+            b, i = name[len("block"):].split("_conv")
+            ours = params["params"][f"conv{b}_{i}"]
+            w_name, b_name = f"{name}_W_1:0", f"{name}_b_1:0"
+            g.attrs["weight_names"] = np.array([w_name.encode(), b_name.encode()])
+            g.create_dataset(w_name, data=np.asarray(ours["kernel"], dtype))
+            g.create_dataset(b_name, data=np.asarray(ours["bias"], dtype))
+    return path
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def nonzero_bias_params(seed: int) -> dict:
+    """Random params with non-zero biases, so swapped kernel/bias or layers would be caught."""
+    params = weights.random_params(seed)
+    rng = np.random.default_rng(seed)
+    for layer in params["params"].values():
+        layer["bias"] = rng.normal(size=layer["bias"].shape).astype(np.float32)
+    return params
+
+
+def assert_params_equal(a: dict, b: dict) -> None:
+    assert a["params"].keys() == b["params"].keys()
+    for name in a["params"]:
+        for kind in ("kernel", "bias"):
+            np.testing.assert_array_equal(np.asarray(a["params"][name][kind]), np.asarray(b["params"][name][kind]),
+                                          err_msg=f"{name}/{kind}")
+
+
+def free_port() -> int:
+    """A port on which nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WeightsServer:
+    """A local HTTP server: ``/ok/<name>`` serves a file, ``/truncated/<name>`` announces more than it sends."""
+
+    def __init__(self):
+        self.files: dict[str, Path] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # bounded: a stuck client cannot hang the test session
+
+            def do_GET(self):  # noqa: N802 (http.server API)
+                server.requests.append(self.path)
+                _, mode, name = self.path.split("/", 2)
+                if name not in server.files or mode not in ("ok", "truncated"):
+                    self.send_error(404)
+                    return
+                body = server.files[name].read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                if mode == "ok":
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:  # the connection drops mid-transfer
+                    self.send_header("Content-Length", str(len(body) + 1000))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def url(self, name: str, mode: str = "ok") -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/{name}"
+
+    def count(self, name: str) -> int:
+        return sum(r.endswith("/" + name) for r in self.requests)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture()
+def server():
+    srv = WeightsServer()
+    srv.thread.start()
+    try:
+        yield srv
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+        srv.thread.join(timeout=5)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache folder via ``$NST_JAX_CACHE``; ``$NST_JAX_WEIGHTS`` unset."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(weights.ENV_CACHE, str(folder))
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_h5(tmp_path_factory) -> Path:
+    """A small file with the 2016 layout (wrong shapes: for download tests only)."""
+    rng = np.random.default_rng(0)
+    small = {"params": {name: {"kernel": rng.normal(size=(3, 3, 2, 2)).astype(np.float32),
+                               "bias": rng.normal(size=(2,)).astype(np.float32)} for name in vgg.CONV_LAYERS}}
+    return write_keras_2016_h5(tmp_path_factory.mktemp("small") / FNAME, small)
+
+
+@pytest.fixture(scope="session")
+def full_params() -> dict:
+    return nonzero_bias_params(seed=7)
+
+
+@pytest.fixture(scope="session")
+def full_h5(tmp_path_factory, full_params) -> Path:
+    """A full-shape VGG-19 file in the 2016 layout (~80 MB, written once per session)."""
+    return write_keras_2016_h5(tmp_path_factory.mktemp("full") / FNAME, full_params)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Download
+
+
+def test_fetch_downloads_once_and_verifies(server, cache, small_h5):
+    server.files[FNAME] = small_h5
+    url, known = server.url(FNAME), "md5:" + md5(small_h5)
+    path = weights.fetch_weights(url, known, progress=False)
+    assert path == cache / FNAME  # $NST_JAX_CACHE is the default cache
+    assert path.read_bytes() == small_h5.read_bytes()
+    assert server.count(FNAME) == 1
+    assert weights.fetch_weights(url, known, progress=False) == path
+    assert server.count(FNAME) == 1  # cached and verified: no second download
+    assert files_in(cache) == [FNAME]
+
+
+def test_fetch_wrong_checksum_leaves_no_file(server, cache, small_h5):
+    server.files[FNAME] = small_h5
+    wrong = "0" * 32
+    with pytest.raises(WeightsError) as e:
+        weights.fetch_weights(server.url(FNAME), "md5:" + wrong, progress=False)
+    msg = str(e.value)
+    assert "checksum mismatch" in msg and wrong in msg and md5(small_h5) in msg and "removed" in msg
+    assert files_in(cache) == []
+
+
+def test_fetch_interrupted_transfer_leaves_no_half_file(server, cache, small_h5):
+    server.files[FNAME] = small_h5
+    url = server.url(FNAME, mode="truncated")
+    with pytest.raises(WeightsError) as e:
+        weights.fetch_weights(url, "md5:" + md5(small_h5), progress=False)
+    assert url in str(e.value)
+    assert files_in(cache) == []
+
+
+def test_fetch_offline_explains_manual_placement(cache):
+    url = f"http://127.0.0.1:{free_port()}/{FNAME}"
+    with pytest.raises(WeightsError) as e:
+        weights.fetch_weights(url, "md5:" + weights.KERAS_MD5, progress=False)
+    msg = str(e.value)
+    assert url in msg
+    assert str(cache / FNAME) in msg  # where to put the file by hand
+    assert weights.ENV_WEIGHTS in msg and "weights='random'" in msg and "--weights random" in msg
+    assert files_in(cache) == []
+
+
+def test_fetch_http_error_is_clear(server, cache):
+    url = server.url("no_such_file.h5")
+    with pytest.raises(WeightsError, match="404"):
+        weights.fetch_weights(url, "md5:" + weights.KERAS_MD5, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resolution order
+
+
+def test_env_random(cache, monkeypatch):
+    monkeypatch.setenv(weights.ENV_WEIGHTS, "random")
+    assert_params_equal(weights.resolve_params(None), weights.random_params(0))
+
+
+def test_env_path(cache, monkeypatch, tmp_path, full_params):
+    npz = weights.save_npz(full_params, tmp_path / "vgg.npz")
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(npz))
+    assert_params_equal(weights.resolve_params(None), full_params)
+
+
+def test_env_missing_path(cache, monkeypatch, tmp_path):
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(tmp_path / "nope.h5"))
+    with pytest.raises(WeightsError, match=r"NST_JAX_WEIGHTS.*nope\.h5.*does not exist"):
+        weights.resolve_params(None)
+
+
+def test_none_without_env_cache_or_network_raises(cache, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/{FNAME}"
+    monkeypatch.setattr(weights, "KERAS_URL", url)
+    with pytest.raises(WeightsError) as e:
+        weights.load_vgg19(None, progress=False)
+    assert url in str(e.value) and "random" in str(e.value)  # explains; never falls back to random weights
+
+
+def test_none_downloads_then_uses_cache(server, cache, monkeypatch, full_h5, full_params):
+    server.files[FNAME] = full_h5
+    monkeypatch.setattr(weights, "KERAS_URL", server.url(FNAME))
+    monkeypatch.setattr(weights, "KERAS_MD5", md5(full_h5))
+    assert_params_equal(weights.resolve_params(None, progress=False), full_params)
+    assert files_in(cache) == [FNAME] and server.count(FNAME) == 1
+    fx = weights.load_vgg19(None, progress=False)  # now from the cache
+    assert server.count(FNAME) == 1
+    np.testing.assert_array_equal(fx.params["params"]["conv5_4"]["bias"], full_params["params"]["conv5_4"]["bias"])
+
+
+def test_none_rejects_cached_file_with_wrong_md5(cache, monkeypatch, small_h5):
+    cache.mkdir()
+    shutil.copy(small_h5, cache / FNAME)
+    monkeypatch.setattr(weights, "KERAS_URL", f"http://127.0.0.1:{free_port()}/{FNAME}")
+    with pytest.raises(WeightsError, match=rf"MD5 {md5(small_h5)}, expected {weights.KERAS_MD5}"):
+        weights.resolve_params(None)
+
+
+def test_explicit_random_is_deterministic_per_seed(cache):
+    a, b, c = weights.random_params(0), weights.random_params(0), weights.random_params(1)
+    assert_params_equal(a, b)
+    assert not np.array_equal(a["params"]["conv1_1"]["kernel"], c["params"]["conv1_1"]["kernel"])
+    assert_params_equal(weights.resolve_params("random"), a)
+    vgg.check_params(a)
+
+
+def test_cache_dir_default_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(weights.ENV_CACHE, raising=False)
+    assert weights.cache_dir().name == "nst_jax"
+    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path))
+    assert weights.cache_dir() == tmp_path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def test_load_keras_2016_layout_roundtrip(full_h5, full_params):
+    loaded = weights.load_keras_h5(full_h5)
+    assert_params_equal(loaded, full_params)
+    assert all(v.dtype == np.float32 for layer in loaded["params"].values() for v in layer.values())
+
+
+def test_load_float16_file_gives_float32(tmp_path, full_params):
+    path = write_keras_2016_h5(tmp_path / "half.h5", full_params, dtype=np.float16)
+    loaded = weights.load_params(path)
+    assert loaded["params"]["conv3_3"]["kernel"].dtype == np.float32
+    np.testing.assert_allclose(loaded["params"]["conv3_3"]["kernel"], full_params["params"]["conv3_3"]["kernel"],
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_npz_roundtrip_and_dispatch(tmp_path, full_params):
+    path = weights.save_npz(full_params, tmp_path / "vgg19")  # no suffix appended
+    assert path == tmp_path / "vgg19" and files_in(tmp_path) == ["vgg19"]
+    with np.load(path) as data:
+        assert sorted(data.files) == sorted(f"{n}/{k}" for n in vgg.CONV_LAYERS for k in ("kernel", "bias"))
+    assert_params_equal(weights.load_npz(path), full_params)
+    assert_params_equal(weights.load_params(path), full_params)
+    assert_params_equal(weights.load_vgg19(path).params, full_params)
+
+
+def test_params_dict_is_accepted(full_params):
+    assert_params_equal(weights.resolve_params(full_params), full_params)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad files
+
+
+def test_missing_path(tmp_path):
+    path = tmp_path / "missing.h5"
+    with pytest.raises(WeightsError, match=r"not found.*missing\.h5"):
+        weights.load_vgg19(path)
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load_keras_h5(path)
+
+
+def test_text_file_named_h5(tmp_path):
+    path = tmp_path / "vgg19.h5"
+    path.write_text("<html>404 Not Found</html>")
+    with pytest.raises(WeightsError, match=r"vgg19\.h5.*neither an HDF5"):
+        weights.load_vgg19(str(path))
+    with pytest.raises(WeightsError, match=r"vgg19\.h5.*not an HDF5 file"):
+        weights.load_keras_h5(path)
+
+
+def test_torch_checkpoint_gets_converter_hint(tmp_path):
+    path = tmp_path / "vgg19.pth"
+    path.write_bytes(b"\x80\x02not a zip")
+    with pytest.raises(WeightsError, match="convert_torch_weights"):
+        weights.load_params(path)
+
+
+def test_hdf5_that_is_not_keras(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(WeightsError, match="not Keras weights"):
+        weights.load_keras_h5(path)
+
+
+def test_h5_missing_a_layer(tmp_path, full_h5):
+    path = Path(shutil.copy(full_h5, tmp_path / "no_conv3_2.h5"))
+    with h5py.File(path, "a") as f:
+        del f["block3_conv2"]
+        f.attrs["layer_names"] = np.array([n for n in f.attrs["layer_names"] if n != b"block3_conv2"])
+    with pytest.raises(WeightsError, match=r"no_conv3_2\.h5.*missing layer 'block3_conv2' \(conv3_2\)"):
+        weights.load_keras_h5(path)
+
+
+def test_h5_with_wrong_shape(tmp_path, full_h5):
+    path = Path(shutil.copy(full_h5, tmp_path / "bad_shape.h5"))
+    with h5py.File(path, "a") as f:
+        del f["block4_conv1/block4_conv1_b_1:0"]
+        f["block4_conv1/block4_conv1_b_1:0"] = np.zeros(256, np.float32)
+    with pytest.raises(WeightsError, match=r"'block4_conv1' \(conv4_1\) bias .* shape \(256,\), expected \(512,\)"):
+        weights.load_keras_h5(path)
+
+
+def test_h5_with_oihw_kernel_gets_hint(tmp_path, full_h5):
+    path = Path(shutil.copy(full_h5, tmp_path / "oihw.h5"))
+    with h5py.File(path, "a") as f:
+        k = np.asarray(f["block1_conv1/block1_conv1_W_1:0"])
+        del f["block1_conv1/block1_conv1_W_1:0"]
+        f["block1_conv1/block1_conv1_W_1:0"] = k.transpose(3, 2, 0, 1)
+    with pytest.raises(WeightsError, match=r"shape \(64, 3, 3, 3\), expected \(3, 3, 3, 64\).*OIHW"):
+        weights.load_keras_h5(path)
+
+
+def test_keras3_file_without_layer_names_is_refused(tmp_path):
+    path = tmp_path / "old.weights.h5"
+    with h5py.File(path, "w") as f:
+        f["layers/conv2d/vars/0"] = np.zeros((3, 3, 3, 64), np.float32)
+        f["layers/conv2d/vars/1"] = np.zeros(64, np.float32)
+    with pytest.raises(WeightsError, match="no layer 'name' attribute"):
+        weights.load_keras_h5(path)
+
+
+def test_npz_missing_layer_and_bad_keys(tmp_path, full_params):
+    arrays = {f"{n}/{k}": v for n, layer in full_params["params"].items() for k, v in layer.items()}
+    path = tmp_path / "partial.npz"
+    np.savez(path, **{k: v for k, v in arrays.items() if not k.startswith("conv5_4")})
+    with pytest.raises(WeightsError, match=r"partial\.npz.*missing layer conv5_4"):
+        weights.load_npz(path)
+    np.savez(path, extra=np.zeros(1), **arrays)
+    with pytest.raises(WeightsError, match=r"unexpected arrays \['extra'\]"):
+        weights.load_npz(path)
+
+
+def test_bad_weights_argument():
+    with pytest.raises(WeightsError, match="weights must be"):
+        weights.resolve_params(3)
