@@ -315,7 +315,8 @@ class FeatureExtractor:
         """
         layers = canonical_layers(layers)
         images = check_images(images)
-        return self._features(self.params, images, layers)
+        out = self._features(self.params, images, layers)
+        return {name: out[name] for name in layers}  # jit returns dicts with sorted keys
 
 
 def check_images(images) -> jax.Array:

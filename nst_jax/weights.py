@@ -106,7 +106,21 @@ def load_vgg19(weights: Any = None, pooling: Pooling = "max", padding: Padding =
 
 
 def resolve_params(weights: Any = None, *, progress: bool = True) -> dict:
-    """The params pytree for a ``weights`` argument of :func:`load_vgg19` (same meanings)."""
+    """The params pytree that :func:`load_vgg19` uses.
+
+    Args:
+        weights: as in :func:`load_vgg19`: ``None`` (``$NST_JAX_WEIGHTS``, cache,
+            download), ``"random"``, a path (``str``/``PathLike``; to load a file
+            literally named ``random`` pass ``Path("random")``) or a params dict.
+        progress: show a progress bar if the weights are downloaded.
+
+    Returns:
+        ``{"params": {"conv1_1": {"kernel", "bias"}, ...}}``, float32 NumPy arrays
+        (a params dict is returned as given, after its shapes are checked).
+
+    Raises:
+        WeightsError: the weights could not be found, downloaded or read.
+    """
     if weights is None:
         return _default_params(progress=progress)
     if isinstance(weights, str) and weights == "random":

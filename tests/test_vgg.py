@@ -152,8 +152,6 @@ def test_keras_aliases_in_features(keras_reference):
         np.testing.assert_array_equal(np.asarray(alias[k]), np.asarray(canon[k]))
 
 
-@pytest.mark.xfail(strict=True, reason="jit returns dicts with sorted keys, but FeatureExtractor.features's "
-                   "docstring promises the order requested (fix in vgg.py, then drop this mark)")
 def test_features_keeps_the_requested_order(random_fx):
     img = np.zeros((1, 16, 16, 3), np.float32)
     assert list(random_fx.features(img, ["relu2_1", "relu1_1"])) == ["relu2_1", "relu1_1"]

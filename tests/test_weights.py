@@ -274,16 +274,15 @@ def test_none_rejects_cached_file_with_wrong_md5(cache, monkeypatch, small_h5):
 
 
 def test_explicit_random_is_deterministic_per_seed(cache):
-    a, b, c = weights.random_params(0), weights.random_params(0), weights.random_params(1)
-    assert_params_equal(a, b)
+    a, c = weights.random_params(0), weights.random_params(1)
+    assert_params_equal(weights.resolve_params("random"), a)  # same seed, same params
     assert not np.array_equal(a["params"]["conv1_1"]["kernel"], c["params"]["conv1_1"]["kernel"])
-    assert_params_equal(weights.resolve_params("random"), a)
     vgg.check_params(a)
 
 
 def test_cache_dir_default_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv(weights.ENV_CACHE, raising=False)
-    assert weights.cache_dir().name == "nst_jax"
+    assert "nst_jax" in weights.cache_dir().parts  # pooch.os_cache("nst_jax")
     monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path))
     assert weights.cache_dir() == tmp_path
 
@@ -407,3 +406,137 @@ def test_npz_missing_layer_and_bad_keys(tmp_path, full_params):
 def test_bad_weights_argument():
     with pytest.raises(WeightsError, match="weights must be"):
         weights.resolve_params(3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scripts/convert_torch_weights.py (NumPy path; torch is only needed to read .pth files)
+
+
+@pytest.fixture(scope="module")
+def converter():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_torch_weights.py"
+    spec = importlib.util.spec_from_file_location("convert_torch_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torch_state_dict(seed: int) -> dict[str, np.ndarray]:
+    """A synthetic VGG-19 state dict: OIHW kernels at torchvision's feature indices, plus a classifier entry."""
+    rng = np.random.default_rng(seed)
+    state = {"classifier.0.weight": np.zeros((2, 2), np.float32)}
+    for idx, (cin, cout) in zip((0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34),
+                                vgg.CONV_CHANNELS.values()):
+        state[f"features.{idx}.weight"] = rng.normal(0, 0.1, (cout, cin, 3, 3)).astype(np.float32)
+        state[f"features.{idx}.bias"] = rng.normal(0, 0.1, (cout,)).astype(np.float32)
+    return state
+
+
+def torch_conv1_1(state, x_nchw, padding: str):
+    """conv1_1 as PyTorch computes it: NCHW input, OIHW kernel, zero or reflect padding of 1."""
+    import jax
+
+    if padding == "reflect":
+        x_nchw = np.pad(x_nchw, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    out = jax.lax.conv_general_dilated(x_nchw, state["features.0.weight"], (1, 1),
+                                       "VALID" if padding == "reflect" else ((1, 1), (1, 1)),
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                       precision=jax.lax.Precision.HIGHEST)
+    return np.asarray(out) + state["features.0.bias"][None, :, None, None]
+
+
+@pytest.mark.parametrize("padding", ["zero", "reflect"])
+def test_convert_torchvision_first_layer(converter, padding):
+    state = torch_state_dict(0)
+    params = converter.state_dict_to_params(state, "torchvision")
+    rgb01 = np.random.default_rng(1).random((1, 9, 11, 3))
+    mean, std = np.array(converter.TORCHVISION_MEAN_RGB), np.array(converter.TORCHVISION_STD_RGB)
+    normalized = ((rgb01 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)  # torchvision's input, NCHW RGB
+    ref = torch_conv1_1(state, normalized, padding).transpose(0, 2, 3, 1)
+    x = vgg.preprocess(np.asarray(rgb01, np.float32))  # ours: Caffe space, BGR
+    got = np.asarray(vgg.forward({k: (v["kernel"], v["bias"]) for k, v in params["params"].items()}, x,
+                                 ("conv1_1",), padding=padding, precision="highest")["conv1_1"])
+    scale = np.abs(ref).max()
+    if padding == "zero":
+        # Exact inside; on the border, zero padding means "torchvision mean" there and "Caffe mean" here.
+        np.testing.assert_allclose(got[:, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2 * scale)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+
+
+def test_convert_caffe_is_a_transpose(converter, tmp_path):
+    state = torch_state_dict(2)
+    params = converter.state_dict_to_params(state, "caffe")
+    np.testing.assert_array_equal(params["params"]["conv1_1"]["kernel"][1, 2, 0, 5],
+                                  state["features.0.weight"][5, 0, 1, 2])  # [h, w, in, out] = [out, in, h, w]
+    np.testing.assert_array_equal(params["params"]["conv5_4"]["kernel"],
+                                  state["features.34.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["params"]["conv3_1"]["bias"], state["features.10.bias"])
+    path = weights.save_npz(params, tmp_path / "caffe.npz")
+    assert_params_equal(weights.load_params(path), params)
+
+
+def test_convert_rejects_incomplete_state_dict(converter):
+    state = torch_state_dict(3)
+    del state["features.21.weight"]
+    with pytest.raises(ValueError, match=r"missing \['features.21.weight'\]"):
+        converter.state_dict_to_params(state, "caffe")
+    with pytest.raises(ValueError, match="source must be"):
+        converter.state_dict_to_params(torch_state_dict(3), "keras")
+
+
+def test_convert_without_torch_says_how_to_install(converter, tmp_path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch is installed")
+    src = tmp_path / "vgg19.pth"
+    src.write_bytes(b"x")
+    with pytest.raises(SystemExit, match="pip install torch"):
+        converter.main([str(src), str(tmp_path / "out.npz"), "--source", "caffe"])
+
+
+@pytest.mark.parametrize("source", ["torchvision"])  # "caffe" is a plain transpose, checked above without torch
+def test_convert_end_to_end_against_torch(converter, tmp_path, source):
+    """A torch VGG-19 (reflect padding, so the conversion is exact everywhere) vs ours on the converted file."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    layers, names = [], []
+    for b, n, cout in vgg.BLOCKS:
+        for i in range(1, n + 1):
+            cin = vgg.CONV_CHANNELS[f"conv{b}_{i}"][0]
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect"), nn.ReLU()]
+            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
+        layers.append(nn.MaxPool2d(2, 2))
+        names.append(f"pool{b}")
+    model = nn.Module()
+    model.features = nn.Sequential(*layers)  # state dict keys features.N.weight, as torchvision's vgg19
+    src = tmp_path / "vgg19.pth"
+    torch.save(model.state_dict(), src)
+    out = tmp_path / "vgg19.npz"
+    assert converter.main([str(src), str(out), "--source", source]) == 0
+
+    rgb01 = np.random.default_rng(4).random((1, 37, 45, 3)).astype(np.float32)
+    if source == "torchvision":
+        mean, std = np.array(converter.TORCHVISION_MEAN_RGB), np.array(converter.TORCHVISION_STD_RGB)
+        x = ((rgb01 - mean) / std).astype(np.float32)
+    else:
+        x = np.asarray(vgg.preprocess(rgb01))  # Caffe-space BGR
+    refs, h = {}, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        for name, layer in zip(names, model.features):
+            h = layer(h)
+            refs[name] = h.numpy().transpose(0, 2, 3, 1)
+    fx = weights.load_vgg19(out, padding="reflect", precision="highest")
+    wanted = [n for n in names if not n.startswith("conv")]
+    feats = fx.features(rgb01, wanted)
+    for name in wanted:
+        ref = refs[name]
+        err = np.abs(np.asarray(feats[name]) - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, (name, err)
