@@ -11,10 +11,10 @@ from nst_jax.api import Result, stylize
 from nst_jax.config import Settings
 from nst_jax.optim import NonFiniteLossError, Record
 from nst_jax.vgg import CONV_LAYERS, LAYERS, FeatureExtractor, deprocess, preprocess
-from nst_jax.weights import load_vgg19
+from nst_jax.weights import WeightsError, load_vgg19
 
 __all__ = [
-    "CONV_LAYERS", "LAYERS", "FeatureExtractor", "NonFiniteLossError", "Record", "Result", "Settings",
+    "CONV_LAYERS", "LAYERS", "FeatureExtractor", "NonFiniteLossError", "Record", "Result", "Settings", "WeightsError",
     "deprocess", "load_vgg19", "preprocess", "stylize",
 ]
 __version__ = "0.1.0"

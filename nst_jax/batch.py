@@ -18,9 +18,10 @@ buckets of equal shape; each bucket (and batch size) is compiled once and reused
 w)`` resizes every content image to cover ``h x w`` and center-crops it, so that all images share
 one bucket.
 
-Devices: with several devices the batch axis is sharded over a 1-D mesh ``("batch",)``; params and
-shared style targets are replicated. A batch that does not divide the device count is padded with
-copies of its last image, dropped from the results.
+Devices: with several (local) devices the batch axis is sharded over a 1-D mesh ``("batch",)``;
+params and shared style targets are replicated. A batch that does not divide the device count is
+padded with copies of its last image, dropped from the results. Hosts: :mod:`nst_jax.ray_job` runs
+one such process per host (or per GPU) as Ray actors.
 
 Jobs: :func:`run_job` stylizes files into a folder. Outputs are written atomically, so a rerun skips
 every output that exists (it is complete); bad inputs fail alone and are listed with the reason in
@@ -189,7 +190,7 @@ def optimize_batch(objective: Objective, spec: optim.SolverSpec, params, x0: jax
         targets: ``{"content": leaves (B, ...), "style": shared leaves, or (B, ...) if style_batched}``.
         num_iterations, chunk_size, print_every, loop: as in :class:`Settings`.
         style_batched: the style targets have a batch axis.
-        devices: devices to shard the batch over (default ``jax.devices()``); one device: no sharding.
+        devices: devices to shard the batch over (default ``jax.local_devices()``); one device: no sharding.
         labels: names of the images for error messages.
         on_stop: called as ``on_stop(state, elapsed)`` with the whole batch state at each record.
 
@@ -199,7 +200,7 @@ def optimize_batch(objective: Objective, spec: optim.SolverSpec, params, x0: jax
     """
     b = int(x0.shape[0])
     labels = list(labels) if labels is not None else [f"image {i}" for i in range(b)]
-    devices = list(devices) if devices is not None else jax.devices()
+    devices = list(devices) if devices is not None else jax.local_devices()
     sharding = replicated = None
     if len(devices) > 1:
         sharding, replicated = _mesh_shardings(devices)
@@ -312,7 +313,7 @@ def free_memory_bytes(device=None) -> tuple[int, str]:
     Accelerators report it (``device.memory_stats()``: ``bytes_limit - bytes_in_use``); on CPU it is
     the host's available RAM (``psutil`` if installed, else ``os.sysconf``), shared by all CPU devices.
     """
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - some backends raise instead of returning None
@@ -338,7 +339,7 @@ def default_batch_size(shape_hw: tuple[int, int], objective: Objective, spec: op
     ``per device = share * free / estimate_image_bytes`` (share 0.7 of an accelerator's free memory, 0.5
     of the host's available RAM on CPU, where the CPU devices share it), times the number of devices.
     """
-    devices = list(devices) if devices is not None else jax.devices()
+    devices = list(devices) if devices is not None else jax.local_devices()
     free, source = free_memory_bytes(devices[0])
     per_image = estimate_image_bytes(shape_hw, objective, spec)
     usable = _MEMORY_SHARE[source] * free / (len(devices) if source == "host" else 1)
@@ -409,7 +410,8 @@ class BatchStylizer:
             center-cropped (:func:`fit_to_size`); ``image_size`` becomes ``max(h, w)`` (so
             ``style_scale`` is relative to it). Default: each image's long side is ``image_size``.
         grid: treat ``style`` as a list of styles, one grid column each.
-        devices: devices to shard each batch over (default all of ``jax.devices()``).
+        devices: devices to shard each batch over (default all of ``jax.local_devices()``: this process's;
+            to use several hosts, run one process per host with :mod:`nst_jax.ray_job`).
     """
 
     def __init__(self, style, settings: Settings | None = None, *, batch_size: int | None = None,
@@ -423,7 +425,7 @@ class BatchStylizer:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         self.settings = s
         self.batch_size = batch_size
-        self.devices = list(devices) if devices is not None else jax.devices()
+        self.devices = list(devices) if devices is not None else jax.local_devices()
         style_sets = list(style) if grid else [style]
         if grid and not style_sets:
             raise ValueError("no style image given: pass at least one.")
@@ -520,9 +522,9 @@ class BatchStylizer:
     def stylize(self, contents: Sequence, style_indices: Sequence[int] | None = None, *, progress: bool = True,
                 ) -> list[api.Result]:
         """Loads, prepares and stylizes ``contents``; results in input order. Raises on the first failure."""
+        prepared = [self.prepare(c, label=f"content image {i}") for i, c in enumerate(contents)]
         labels = [f"content image {i} '{c}'" if isinstance(c, (str, os.PathLike)) else f"content image {i}"
                   for i, c in enumerate(contents)]
-        prepared = [self.prepare(c, label=labels[i]) for i, c in enumerate(contents)]
         results: list[api.Result | None] = [None] * len(prepared)
         bar = _images_bar(len(prepared)) if progress else None
         try:
@@ -623,7 +625,7 @@ class ImageStatus:
 
     ``status``: "ok" (written), "failed" (``error`` says why), "skipped" (its output already existed),
     or "pending" (not reached: the job was interrupted). ``seconds``: its load time plus its share of
-    its batch's wall time.
+    its batch's wall time. ``worker``: the Ray actor (host:pid) that did it, None locally.
     """
 
     input: str
@@ -633,6 +635,7 @@ class ImageStatus:
     loss: float | None = None
     iterations: int | None = None
     seconds: float | None = None
+    worker: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -724,10 +727,10 @@ class BatchJob:
     """Stylizes image files into ``output_dir``: the per-batch work of :func:`run_job` and of a Ray actor.
 
     Output names: ``<input stem><suffix>``. An existing output is skipped (writes are atomic, so it is
-    complete) unless ``overwrite``.
+    complete) unless ``overwrite``. Without a stylizer it only plans (names, skips).
     """
 
-    def __init__(self, stylizer: BatchStylizer, output_dir, *, suffix: str = ".png", overwrite: bool = False):
+    def __init__(self, stylizer: BatchStylizer | None, output_dir, *, suffix: str = ".png", overwrite: bool = False):
         self.stylizer = stylizer
         self.output_dir = Path(output_dir).expanduser()
         self.suffix = _check_suffix(suffix)
@@ -766,7 +769,7 @@ class BatchJob:
                 continue
             t0 = time.perf_counter()
             try:
-                prepared.append(self.stylizer.prepare(path, label=f"input '{path}'"))
+                prepared.append(self.stylizer.prepare(path, label="input"))
             except (images.ImageError, ValueError, OSError) as e:
                 finish(k, ImageStatus(str(path), None, "failed", error=str(e)))
                 continue
@@ -862,6 +865,7 @@ def run_job(inputs, style, output_dir, settings: Settings | None = None, *, batc
     suffix = _check_suffix(suffix)
     images.check_output_path(output_dir / f"probe{suffix}")
     stylizer = BatchStylizer(style, settings, batch_size=batch_size, output_size=output_size, **overrides)
+    check_job_settings(stylizer.settings)
     job = BatchJob(stylizer, output_dir, suffix=suffix, overwrite=overwrite)
     summary = JobSummary(output_dir, [ImageStatus(str(p), str(job.output_path(p))) for p in paths],
                          inputs=str(inputs) if isinstance(inputs, (str, os.PathLike)) else "",
@@ -896,6 +900,13 @@ def run_job(inputs, style, output_dir, settings: Settings | None = None, *, batc
         summary.finished = _now()
         summary.write()
     return summary
+
+
+def check_job_settings(s: Settings) -> None:
+    """Settings a file job cannot honor are an error, not a silent no-op."""
+    if s.save_every:
+        raise ValueError("save_every (snapshots) is not supported by batch jobs; use nst-jax on one image for "
+                         "snapshots, or leave it 0.")
 
 
 def _style_names(style) -> list[str]:

@@ -25,17 +25,21 @@ Optimizers:
   ``min(1, 1/|g|_1) * lr`` along ``-g``, the initial inverse Hessian
   ``y.s / y.y`` of the newest pair, and curvature pairs with ``y.s <= 1e-10``
   skipped. Built on ``optax.scale_by_lbfgs``.
-* ``lbfgs`` with ``"zoom"``/``"backtracking"``: ``optax.lbfgs`` with optax's
-  line searches (several loss evaluations per iteration, each inside a
-  ``while_loop``).
-* ``lbfgs`` with ``"jaxopt"``: ``jaxopt.LBFGS`` (zoom line search). jaxopt is
-  archived upstream; kept as an independent reference.
+* ``lbfgs`` with ``"zoom"``: ``optax.lbfgs`` with optax's zoom line search,
+  started at step 1 and capped at 1 as ``jaxopt.LBFGS`` is (several loss
+  evaluations per iteration, each inside a ``while_loop``).
+* ``lbfgs`` with ``"backtracking"``: the direction of ``"none"`` (pairs with
+  ``y.s <= 1e-10`` skipped) with optax's Armijo backtracking line search.
+* ``lbfgs`` with ``"jaxopt"``: ``jaxopt.LBFGS`` (zoom line search) with the
+  settings of ``"zoom"``. jaxopt is archived upstream; kept as an independent
+  reference.
 * ``adam``: ``optax.adam``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +54,8 @@ from nst_jax.objective import Objective, Terms
 
 #: torch.optim.LBFGS skips curvature pairs with y.s below this.
 _CURVATURE_EPS = 1e-10
+#: Line-search steps per iteration of the zoom-based L-BFGS variants ('zoom' and 'jaxopt').
+_MAX_LINESEARCH_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -91,30 +97,38 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
 
     * the first direction is ``min(1, 1/|g|_1) * g`` (PyTorch scales its first
       step by the L1 norm; optax caps by the L2 norm);
-    * a curvature pair with ``y.s <= 1e-10`` is not learned from. The newest
-      good pair is stored again in its place: a BFGS update with a pair the
-      matrix already satisfies is the identity, so this equals skipping the
-      pair, and the initial scaling ``y.s / y.y`` stays that of the newest
-      good pair, as in PyTorch.
+    * a curvature pair with ``y.s <= 1e-10`` is not learned from: the memory
+      and the initial scaling ``y.s / y.y`` stay those of the newest good
+      pair, as in PyTorch (checked against ``torch.optim.LBFGS`` in
+      tests/test_optim.py). On such a pair the inner transformation is called
+      as if one iteration earlier, with the newest stored pair as its pair: it
+      rewrites that pair into its own slot, so the memory and the count are
+      unchanged and no slot is spent on the skipped pair.
     """
     inner = optax.scale_by_lbfgs(memory_size=memory_size, scale_init_precond=True)
 
     def update(grads, state, params):
         s = optax.tree.sub(params, state.params)
         y = optax.tree.sub(grads, state.updates)
-        bad = (state.count > 0) & (optax.tree.vdot(y, s) <= _CURVATURE_EPS)
-        prev = (state.count - 1) % memory_size  # slot of the newest stored pair
-        has_prev = state.count > 1
-        s_prev = jax.tree.map(lambda m: jnp.where(has_prev, m[prev], 0), state.diff_params_memory)
-        y_prev = jax.tree.map(lambda m: jnp.where(has_prev, m[prev], 0), state.diff_updates_memory)
-        # Present the previous pair again (or a zero pair, which optax ignores) instead of the bad one.
-        fake_params = optax.tree.sub(params, s_prev)
-        fake_updates = optax.tree.sub(grads, y_prev)
-        state = state._replace(
-            params=jax.tree.map(lambda a, b: jnp.where(bad, a, b), fake_params, state.params),
-            updates=jax.tree.map(lambda a, b: jnp.where(bad, a, b), fake_updates, state.updates),
+        bad = (state.count > 0) & (optax.tree.real(optax.tree.vdot(y, s)) <= _CURVATURE_EPS)
+        newest = (state.count - 2) % memory_size  # slot of the newest stored pair (optax writes pair k at k-1)
+        s_new = jax.tree.map(lambda m: m[newest], state.diff_params_memory)
+        y_new = jax.tree.map(lambda m: m[newest], state.diff_updates_memory)
+        where = lambda a, b: jax.tree.map(lambda u, v: jnp.where(bad, u, v), a, b)  # noqa: E731
+        shown = state._replace(
+            count=jnp.where(bad, state.count - 1, state.count),
+            params=where(optax.tree.sub(params, s_new), state.params),
+            updates=where(optax.tree.sub(grads, y_new), state.updates),
         )
-        direction, new_state = inner.update(grads, state, params)
+        direction, new_state = inner.update(grads, shown, params)
+        # The rewritten pair equals the stored one up to rounding: keep the stored one exactly.
+        new_state = new_state._replace(
+            diff_params_memory=where(state.diff_params_memory, new_state.diff_params_memory),
+            diff_updates_memory=where(state.diff_updates_memory, new_state.diff_updates_memory),
+            weights_memory=jnp.where(bad, state.weights_memory, new_state.weights_memory),
+        )
+        # No good pair yet (the first pair was bad): PyTorch's direction is the plain gradient (H_diag = 1).
+        direction = jax.tree.map(lambda g, d: jnp.where(bad & (state.count == 1), g, d), grads, direction)
         l1 = sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads))
         first = optax.tree.scale(jnp.minimum(1.0, 1.0 / l1), grads)
         direction = jax.tree.map(lambda a, b: jnp.where(state.count == 0, a, b), first, direction)
@@ -129,13 +143,27 @@ def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
     if spec.linesearch == "none":
         return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate))
     if spec.linesearch == "zoom":
-        ls = optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
-    elif spec.linesearch == "backtracking":
-        ls = optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True)
-    else:
-        raise ValueError(f"unknown L-BFGS line search {spec.linesearch!r}.")
-    return optax.lbfgs(learning_rate=spec.learning_rate if spec.learning_rate != 1.0 else None,
-                       memory_size=spec.history, linesearch=ls)
+        # optax.lbfgs as it comes, with the line search set up as jaxopt.LBFGS's (see _jaxopt_solver): try the
+        # quasi-Newton step 1 first and never go beyond it. optax's default zoom may extrapolate past 1; then
+        # 'zoom' and 'jaxopt' are no longer the same algorithm (measured: 26% apart after 50 iterations).
+        ls = optax.scale_by_zoom_linesearch(max_linesearch_steps=_MAX_LINESEARCH_STEPS, initial_guess_strategy="one",
+                                            max_learning_rate=1.0)
+        return optax.lbfgs(learning_rate=spec.learning_rate if spec.learning_rate != 1.0 else None,
+                           memory_size=spec.history, linesearch=ls)
+    if spec.linesearch == "backtracking":
+        # The loss used to freeze here, for two reasons:
+        # * optax.lbfgs keeps curvature pairs with y.s < 0 (only a Wolfe line search rules them out, and
+        #   Armijo backtracking is not one). Near a random start the style loss is concave (-2 <G(x), A>
+        #   dominates while G(x) ~ 0), the inverse Hessian estimate becomes indefinite and its directions
+        #   point uphill. So the direction is neural-style's, which skips those pairs as torch does.
+        # * optax's defaults (decrease_factor 0.8, here 20 steps) shrink a step at most to 0.8^20 = 1/87; a
+        #   direction ~100x too long fails the search, the failed step is taken anyway and its tiny learning
+        #   rate is remembered (x1.5 per round at most). Halving up to 30 times reaches 1e-9, and every
+        #   search starts again at the quasi-Newton step 1 (increase_factor=inf, as documented by optax).
+        ls = optax.scale_by_backtracking_linesearch(max_backtracking_steps=30, decrease_factor=0.5,
+                                                    increase_factor=math.inf, store_grad=True)
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate), ls)
+    raise ValueError(f"unknown L-BFGS line search {spec.linesearch!r}.")
 
 
 def _jaxopt_solver(objective: Objective, spec: SolverSpec):
@@ -145,8 +173,11 @@ def _jaxopt_solver(objective: Objective, spec: SolverSpec):
         t = objective.loss(params, x, targets)
         return t.total, t
 
+    # Start every line search at step 1 (jaxopt's default "increase" starts at 1.5x the previous step) with
+    # optax's number of steps: the same settings as lbfgs_linesearch='zoom'.
     return jaxopt.LBFGS(fun=fun, has_aux=True, history_size=spec.history, maxiter=2**31 - 1,
-                        tol=0.0, linesearch="zoom")
+                        tol=0.0, linesearch="zoom", linesearch_init="max", max_stepsize=1.0,
+                        maxls=_MAX_LINESEARCH_STEPS)
 
 
 def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets) -> State:

@@ -117,7 +117,7 @@ def to_nchw(x_hwc, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 def to_hwc(t: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` tensor -> ``(H, W, 3)`` NumPy array."""
-    return t.detach()[0].permute(1, 2, 0).contiguous().numpy()
+    return t.detach()[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 class TorchObjective:
@@ -129,28 +129,35 @@ class TorchObjective:
         styles: Caffe-space style images (blended with equal weights, or ``blend_weights``).
         content_weight, style_weight, tv_weight: neural-style's ``-content_weight`` etc.
         dtype: ``"float32"`` or ``"float64"``.
+        device: torch device of the computation (``"cpu"``, ``"cuda"``).
     """
 
     def __init__(self, params, content, styles, *, content_layers=CONTENT_LAYERS, style_layers=STYLE_LAYERS,
                  content_weight=5.0, style_weight=100.0, tv_weight=1e-3, pooling="max", blend_weights=None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", device: str = "cpu"):
         self.dtype = _DTYPES[dtype]
-        self.weights = to_torch_weights(params, self.dtype)
+        self.device = torch.device(device)
+        self.weights = {k: (w.to(self.device), b.to(self.device))
+                        for k, (w, b) in to_torch_weights(params, self.dtype).items()}
         self.content_layers, self.style_layers = tuple(content_layers), tuple(style_layers)
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
         self.pooling = pooling
         self.layers = tuple(n for n in LAYER_SEQUENCE if n in set(self.content_layers) | set(self.style_layers))
         with torch.no_grad():
-            cf = vgg_features(self.weights, to_nchw(content, self.dtype), self.content_layers, pooling)
+            cf = vgg_features(self.weights, self.image(content), self.content_layers, pooling)
             self.content_targets = {k: v.detach() for k, v in cf.items()}
             blend = list(blend_weights) if blend_weights is not None else [1.0] * len(styles)
             blend = [b / sum(blend) for b in blend]
             self.style_targets = {}
             for s, b in zip(styles, blend):
-                sf = vgg_features(self.weights, to_nchw(s, self.dtype), self.style_layers, pooling)
+                sf = vgg_features(self.weights, self.image(s), self.style_layers, pooling)
                 for k in self.style_layers:
                     g = gram(sf[k]) * b
                     self.style_targets[k] = g if k not in self.style_targets else self.style_targets[k] + g
+
+    def image(self, x_hwc) -> torch.Tensor:
+        """An ``(H, W, 3)`` NumPy image as this objective's ``(1, 3, H, W)`` tensor (dtype, device)."""
+        return to_nchw(x_hwc, self.dtype).to(self.device)
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms ``{"total", "content", "style", "tv"}`` of a ``(1, 3, H, W)`` image."""
@@ -164,10 +171,10 @@ class TorchObjective:
 
     def value_and_grad(self, x_hwc) -> tuple[dict[str, float], np.ndarray]:
         """Loss terms (floats) and the gradient of the total w.r.t. an ``(H, W, 3)`` image (NumPy)."""
-        x = to_nchw(x_hwc, self.dtype).requires_grad_(True)
+        x = self.image(x_hwc).requires_grad_(True)
         t = self.terms(x)
         t["total"].backward()
-        return {k: float(v) for k, v in t.items()}, to_hwc(x.grad)
+        return {k: float(v.detach()) for k, v in t.items()}, to_hwc(x.grad)
 
     def closure_for(self, img: torch.Tensor, record: list | None = None):
         """neural-style-pt's ``feval``: zero the gradient, evaluate, backpropagate, return the loss."""
@@ -177,14 +184,14 @@ class TorchObjective:
             loss = self.terms(img)["total"]
             loss.backward()
             if record is not None:
-                record.append(float(loss))
+                record.append(float(loss.detach()))
             return loss
         return closure
 
     def total(self, x_hwc) -> float:
         """The total loss at an ``(H, W, 3)`` image (no gradient)."""
         with torch.no_grad():
-            return float(self.terms(to_nchw(x_hwc, self.dtype))["total"])
+            return float(self.terms(self.image(x_hwc))["total"])
 
 
 def make_lbfgs(img: torch.Tensor, max_iter: int, history_size: int = 100, lr: float = 1.0) -> torch.optim.LBFGS:
@@ -202,7 +209,7 @@ def lbfgs(objective: TorchObjective, x0, num_iterations: int, *, history_size: i
         iterate ``x_k`` for ``k = 0..N`` (``losses[N]`` is one extra evaluation after the run, not timed,
         when ``final_loss``); ``seconds`` is the wall time of the ``step`` call.
     """
-    img = to_nchw(x0, objective.dtype).requires_grad_(True)
+    img = objective.image(x0).requires_grad_(True)
     losses: list[float] = []
     opt = make_lbfgs(img, num_iterations, history_size, lr)
     t0 = time.perf_counter()
@@ -217,7 +224,7 @@ def lbfgs(objective: TorchObjective, x0, num_iterations: int, *, history_size: i
 def adam(objective: TorchObjective, x0, num_iterations: int, *, lr: float = 10.0, betas=(0.9, 0.999),
          eps: float = 1e-8) -> tuple[np.ndarray, list[float], float]:
     """neural-style-pt's Adam loop (``optimizer.step(feval)`` N times). Returns ``(x_N, losses, seconds)``."""
-    img = to_nchw(x0, objective.dtype).requires_grad_(True)
+    img = objective.image(x0).requires_grad_(True)
     losses: list[float] = []
     opt = torch.optim.Adam([img], lr=lr, betas=betas, eps=eps)
     closure = objective.closure_for(img, losses)

@@ -1,0 +1,227 @@
+"""The command line: flags generated from Settings, a smoke run, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nst_jax import cli, images
+from nst_jax.config import Settings
+
+ROOT = Path(__file__).parents[1]
+CONTENT = str(ROOT / "examples" / "tubingen.jpg")
+STYLE = str(ROOT / "examples" / "starry_night.jpg")
+# the layers of test_api.py's runs (compiled functions are shared within a pytest session)
+FAST = ["--weights", "random", "--image-size", "64", "--content-layers", "relu2_1",
+        "--style-layers", "relu1_1,relu2_1", "--quiet"]
+
+
+def _settings_of(argv: list[str]) -> Settings:
+    ns = cli.build_parser().parse_args(["--content", "c.jpg", "--style", "s.jpg", "--output", "o.png", *argv])
+    return cli.settings_from_args(ns)
+
+
+# --------------------------------------------------------------------------------------------------
+# Smoke run
+
+
+def test_smoke_run_writes_png_with_settings_and_snapshots(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    # (shallow layers: the full network's compilation would double the time of this file)
+    code = cli.main(["--content", CONTENT, "--style", STYLE, "--output", str(out), "--weights", "random",
+                     "--image-size", "64", "--num-iterations", "6", "--save-every", "3", "--print-every", "3",
+                     "--content-layers", "relu2_1", "--style-layers", "relu1_1", "relu2_1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out_3.png"]
+    meta = images.read_metadata(out)
+    assert meta["settings"] == Settings(weights="random", image_size=64, num_iterations=6, save_every=3,
+                                        print_every=3, content_layers=("relu2_1",),
+                                        style_layers=("relu1_1", "relu2_1")).to_dict()
+    assert meta["iterations"] == 6
+    assert images.read_metadata(tmp_path / "out_3.png")["iteration"] == 3
+    assert images.load_image(out).shape == (48, 64, 3)
+    assert f"wrote {out}" in captured.out and "64x48" in captured.out and "6 iterations" in captured.out
+    assert f"snapshot {tmp_path / 'out_3.png'}" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "nst_jax", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: nst-jax")
+    assert "--style-blend-weights" in out.stdout and "(default: 512)" in out.stdout
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(Settings):
+        assert cli._flag(f.name) in text
+    for shown in ("(default: 512)", "(default: lbfgs)", "(default: relu4_2)",
+                  "(default: relu1_1,relu2_1,relu3_1,relu4_1,relu5_1)", "(default: 0.001)", "(default: None)"):
+        assert shown in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Flags == Settings fields
+
+# One non-default value per setting: the flags that set it and the value it must get.
+NON_DEFAULT = {
+    "image_size": (["--image-size", "100"], 100),
+    "style_scale": (["--style-scale", "0.5"], 0.5),
+    "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
+    "original_colors": (["--original-colors"], True),
+    "content_layers": (["--content-layers", "relu1_1", "block2_conv1"], ("relu1_1", "relu2_1")),
+    "style_layers": (["--style-layers", "relu1_1,relu3_1"], ("relu1_1", "relu3_1")),
+    "content_weight": (["--content-weight", "2.5"], 2.5),
+    "style_weight": (["--style-weight", "7"], 7.0),
+    "tv_weight": (["--tv-weight", "0"], 0.0),
+    "content_layer_weights": (["--content-layer-weights", "2"], (2.0,)),
+    "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
+    "activation_shift": (["--activation-shift", "-1"], -1.0),
+    "weights": (["--weights", "random"], "random"),
+    "pooling": (["--pooling", "avg"], "avg"),
+    "padding": (["--padding", "reflect"], "reflect"),
+    "precision": (["--precision", "highest"], "highest"),
+    "remat": (["--remat"], True),
+    "num_iterations": (["--num-iterations", "7"], 7),
+    "optimizer": (["--optimizer", "adam"], "adam"),
+    "learning_rate": (["--learning-rate", "0.5"], 0.5),
+    "beta1": (["--beta1", "0.99"], 0.99),
+    "beta2": (["--beta2", "0.9"], 0.9),
+    "epsilon": (["--epsilon", "0.1"], 0.1),
+    "lbfgs_history": (["--lbfgs-history", "5"], 5),
+    "lbfgs_linesearch": (["--lbfgs-linesearch", "zoom"], "zoom"),
+    "tolerance_grad": (["--tolerance-grad", "1e-5"], 1e-5),
+    "tolerance_change": (["--tolerance-change", "1e-9"], 1e-9),
+    "init": (["--init", "content"], "content"),
+    "init_image": (["--init-image", "start.png"], "start.png"),
+    "seed": (["--seed", "3"], 3),
+    "loop": (["--loop", "chunk"], "chunk"),
+    "chunk_size": (["--chunk-size", "5"], 5),
+    "print_every": (["--print-every", "7"], 7),
+    "save_every": (["--save-every", "2"], 2),
+}
+
+
+def test_flags_match_settings_fields_exactly():
+    parser = cli.build_parser()
+    group = next(g for g in parser._action_groups if g.title.startswith("settings"))
+    flags = {a.dest: a.option_strings for a in group._group_actions}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    assert set(flags) == set(fields)  # every field has a flag and every flag a field
+    for name, options in flags.items():
+        assert cli._flag(name) in options
+    # the other flags are the inputs and outputs, not settings
+    others = {a.dest for a in parser._actions} - set(flags)
+    assert others == {"help", "content", "style", "output", "quiet"}
+    # defaults are the dataclass's: no flag given -> Settings()
+    assert _settings_of([]) == Settings()
+    assert set(NON_DEFAULT) == set(fields)  # a new setting needs a line in NON_DEFAULT
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_each_flag_sets_its_field(name):
+    argv, expected = NON_DEFAULT[name]
+    s = _settings_of(argv)
+    assert getattr(s, name) == expected != getattr(Settings(), name)
+    changed = [f.name for f in dataclasses.fields(Settings) if getattr(s, f.name) != getattr(Settings(), f.name)]
+    assert changed == [name]
+
+
+def test_boolean_flags_can_be_turned_off():
+    assert _settings_of(["--original-colors", "--no-original-colors"]).original_colors is False
+    assert _settings_of(["--no-remat"]).remat is False
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: a clear message naming the input, exit code 2, no traceback, no output file
+
+
+def _fails(argv, tmp_path, capsys, *, inputs=()):
+    out = tmp_path / "out" / "result.png"
+    argv = [a.replace("{out}", str(out)) for a in argv]
+    if "--output" not in argv:
+        argv += ["--output", str(out)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("nst-jax: error: ") or "usage: nst-jax" in err
+    assert not out.exists() and not out.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(inputs)  # nothing else was written
+    return err
+
+
+def test_missing_content_file(tmp_path, capsys):
+    err = _fails(["--content", str(tmp_path / "nope.jpg"), "--style", STYLE, *FAST], tmp_path, capsys)
+    assert "content image" in err and "nope.jpg" in err
+
+
+def test_unreadable_file(tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not an image")
+    err = _fails(["--content", CONTENT, "--style", str(bad), *FAST], tmp_path, capsys, inputs=["notes.jpg"])
+    assert "style image" in err and "notes.jpg" in err
+
+
+def test_style_blend_weight_count_mismatch(tmp_path, capsys):
+    err = _fails(["--content", CONTENT, "--style", STYLE, "--style", CONTENT, "--style-blend-weights", "1", *FAST],
+                 tmp_path, capsys)
+    assert "style_blend_weights" in err and "2 style image" in err
+
+
+@pytest.mark.parametrize("flag, value, name", [
+    ("--style-weight", "-1", "style_weight"),
+    ("--content-weight", "nan", "content_weight"),
+    ("--tv-weight", "inf", "tv_weight"),
+    ("--image-size", "8", "image_size"),
+    ("--style-layers", "relu9_9", "relu9_9"),
+    ("--content-layers", "fc7", "fc7"),
+    ("--optimizer", "sgd", "--optimizer"),
+    ("--init", "noise", "--init"),
+    ("--lbfgs-linesearch", "wolfe", "--lbfgs-linesearch"),
+    ("--num-iterations", "ten", "--num-iterations"),
+    ("--learning-rate", "0", "learning_rate"),
+])
+def test_bad_setting(flag, value, name, tmp_path, capsys):
+    err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, flag, value], tmp_path, capsys)
+    assert name in err and value in err
+
+
+def test_init_image_required_for_init_image(tmp_path, capsys):
+    err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, "--init", "image"], tmp_path, capsys)
+    assert "init_image" in err
+
+
+def test_output_directory_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a regular file")
+    out = blocker / "sub" / "result.png"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--content", CONTENT, "--style", STYLE, *FAST, "--num-iterations", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "file.txt" in err and "is a file" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"] and blocker.read_text() == "a regular file"
+
+
+def test_unsupported_output_extension(tmp_path, capsys):
+    err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, "--output", str(tmp_path / "out.xyz")],
+                 tmp_path, capsys)
+    assert "out.xyz" in err
+
+
+def test_non_finite_loss(tmp_path, capsys):
+    err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, "--optimizer", "adam", "--learning-rate", "1e30",
+                  "--num-iterations", "4", "--print-every", "1", "--save-every", "1"], tmp_path, capsys)
+    assert "non-finite" in err and "no image was written" in err
