@@ -166,7 +166,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             callback(rec)
         if out_path is not None and s.save_every and it and it % s.save_every == 0 and it < s.num_iterations:
             snap = out_path.with_name(f"{out_path.stem}_{it}{out_path.suffix}")
-            snapshots.append(images.save_image(_finish(state.x, content_img, s), snap,
+            snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
                                                metadata={"settings": s.to_dict(), "iteration": it}))
 
     try:
@@ -176,15 +176,15 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     finally:
         if bar is not None:
             bar.close()
-    result = Result(_finish(state.x, content_img, s), history, s, snapshots=snapshots)
+    result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots)
     if out_path is not None:
         result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
                                                         "loss": result.loss})
     return result
 
 
-def _finish(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarray:
-    """Caffe-space image -> RGB [0, 1] float32 array (colors transferred back if asked)."""
+def finish_image(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarray:
+    """Caffe-space optimized image -> RGB [0, 1] float32 output (content colors restored if asked)."""
     rgb = np.clip(np.asarray(vgg.deprocess(x), np.float32), 0.0, 1.0)
     if s.original_colors:
         rgb = images.original_colors(content_img, rgb)

@@ -446,8 +446,8 @@ class BatchStylizer:
         caffe = vgg.preprocess(jnp.asarray(content))
         if style_index not in self._style_targets:  # style Gram matrices: once per style
             styles = [vgg.preprocess(jnp.asarray(st)) for st in self.styles[style_index]]
-            self._style_targets[style_index] = objective_mod.make_targets(
-                self.objective, self.params, caffe, styles, self.settings.style_blend_weights)["style"]
+            self._style_targets[style_index] = objective_mod.style_targets(
+                self.objective, self.params, styles, self.settings.style_blend_weights)
         return {"content": objective_mod.content_targets(self.objective, self.params, caffe),
                 "style": self._style_targets[style_index]}
 
@@ -516,7 +516,7 @@ class BatchStylizer:
             if run.errors[k] is not None:
                 out.append(run.errors[k])
             else:
-                out.append(api.Result(api._finish(xs[k], contents[i], s), run.histories[k], s))
+                out.append(api.Result(api.finish_image(xs[k], contents[i], s), run.histories[k], s))
         return out
 
     def stylize(self, contents: Sequence, style_indices: Sequence[int] | None = None, *, progress: bool = True,

@@ -128,15 +128,13 @@ def loss(objective: Objective, params, x: jax.Array, targets) -> Terms:
     return objective.loss(params, x, targets)
 
 
-def make_targets(objective: Objective, params, content: jax.Array, styles: list[jax.Array],
-                 blend_weights=None) -> dict:
-    """Precomputes the targets pytree from Caffe-space content and style images.
+def style_targets(objective: Objective, params, styles: list[jax.Array], blend_weights=None) -> dict:
+    """Blended style Gram matrices ``{layer: (C, C)}`` of Caffe-space style images (any sizes).
 
     Args:
         objective: the loss description.
         params: VGG-19 params.
-        content: ``(H, W, 3)`` Caffe-space content image.
-        styles: Caffe-space style images (any sizes).
+        styles: Caffe-space style images ``(H, W, 3)``.
         blend_weights: one weight per style image (normalized here); default equal.
     """
     if blend_weights is None:
@@ -149,5 +147,12 @@ def make_targets(objective: Objective, params, content: jax.Array, styles: list[
         raise ValueError("style blend weights must not all be 0.")
     b = [float(w) / total for w in blend_weights]
     grams = [style_grams(objective, params, s) for s in styles]
-    style = {l: losses.blend_grams([g[l] for g in grams], b) for l in objective.style_layers}
-    return {"content": content_targets(objective, params, content), "style": style}
+    return {l: losses.blend_grams([g[l] for g in grams], b) for l in objective.style_layers}
+
+
+def make_targets(objective: Objective, params, content: jax.Array, styles: list[jax.Array],
+                 blend_weights=None) -> dict:
+    """Precomputes the targets pytree from a Caffe-space content image ``(H, W, 3)`` and style images
+    (see :func:`style_targets`)."""
+    return {"content": content_targets(objective, params, content),
+            "style": style_targets(objective, params, styles, blend_weights)}
