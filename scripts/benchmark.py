@@ -1259,8 +1259,9 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="time the pieces of value+grad and the proposed variants")
     p.add_argument("--profile-parts", nargs="+", default=["all"],
                    choices=["all", "blocks", "gram_pool", "variants", "remat", "lbfgs"])
-    p.add_argument("--xla-flags-variants", nargs="*", default=[],
-                   help="(--profile) also time value+grad under each of these XLA_FLAGS strings")
+    p.add_argument("--xla-flags-variant", dest="xla_flags_variants", action="append", default=[], metavar="FLAGS",
+                   help="(--profile) also time value+grad with XLA_FLAGS=FLAGS; repeat for several, "
+                        "e.g. --xla-flags-variant=--xla_cpu_use_onednn=true")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before each measurement, wait up to this long for other processes to leave the CPU idle")
     p.add_argument("--retry-noisy", type=int, default=0, metavar="N",
