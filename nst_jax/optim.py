@@ -121,11 +121,14 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
             updates=where(optax.tree.sub(grads, y_new), state.updates),
         )
         direction, new_state = inner.update(grads, shown, params)
-        # The rewritten pair equals the stored one up to rounding: keep the stored one exactly.
+        # The rewritten pair equals the stored one up to rounding: keep the stored one exactly. Only the
+        # slot inner.update just wrote can differ, so select in that slot alone (not the whole history).
+        slot = (shown.count - 1) % memory_size
+        keep = lambda old, new: new.at[slot].set(jnp.where(bad, old[slot], new[slot]))  # noqa: E731
         new_state = new_state._replace(
-            diff_params_memory=where(state.diff_params_memory, new_state.diff_params_memory),
-            diff_updates_memory=where(state.diff_updates_memory, new_state.diff_updates_memory),
-            weights_memory=jnp.where(bad, state.weights_memory, new_state.weights_memory),
+            diff_params_memory=jax.tree.map(keep, state.diff_params_memory, new_state.diff_params_memory),
+            diff_updates_memory=jax.tree.map(keep, state.diff_updates_memory, new_state.diff_updates_memory),
+            weights_memory=keep(state.weights_memory, new_state.weights_memory),
         )
         # No good pair yet (the first pair was bad): PyTorch's direction is the plain gradient (H_diag = 1).
         direction = jax.tree.map(lambda g, d: jnp.where(bad & (state.count == 1), g, d), grads, direction)
