@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import images, optim, vgg, weights
-from nst_jax.config import Settings
+from nst_jax.config import Settings, stages
 from nst_jax.objective import Objective, make_targets
 
 
@@ -143,36 +144,47 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
-    content_caffe = vgg.preprocess(jnp.asarray(content_img))
-    targets = make_targets(objective, params, content_caffe,
-                           [vgg.preprocess(jnp.asarray(st)) for st in styles], s.style_blend_weights)
-    x0 = initial_image(s, content_img, styles)
-
-    stepper = optim.single_image_stepper(objective, spec, params, targets, s.loop)
+    plan = stages(s)
     history: list[optim.Record] = []
     snapshots: list[Path] = []
-    bar = _progress_bar(s.num_iterations) if progress else None
+    bar = _progress_bar(sum(n for _, n in plan)) if progress else None
+    t_start = time.perf_counter()
 
-    def on_stop(state: optim.State, elapsed: float) -> None:
-        it = int(state.iteration)
+    def on_stop(state: optim.State, elapsed: float, *, offset: int, size: int, last: bool, t_stage: float) -> None:
+        it = offset + int(state.iteration)
         t = jax.device_get(state.terms)
-        rec = optim.Record(it, float(t.total), float(t.content), float(t.style), float(t.tv), elapsed)
-        if not history or history[-1].iteration != it:
+        rec = optim.Record(it, float(t.total), float(t.content), float(t.style), float(t.tv),
+                           t_stage - t_start + elapsed, size)
+        if not history or (history[-1].iteration, history[-1].size) != (it, size):
             history.append(rec)
         if bar is not None:
             bar.update(it - bar.n)
-            bar.set_postfix(loss=f"{rec.total:.4g}", content=f"{rec.content:.3g}", style=f"{rec.style:.3g}")
+            bar.set_postfix(loss=f"{rec.total:.4g}", content=f"{rec.content:.3g}", style=f"{rec.style:.3g}",
+                            **({"size": size} if len(plan) > 1 else {}))
         if callback is not None:
             callback(rec)
-        if out_path is not None and s.save_every and it and it % s.save_every == 0 and it < s.num_iterations:
-            snap = out_path.with_name(f"{out_path.stem}_{it}{out_path.suffix}")
+        stage_it = int(state.iteration)
+        if (last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
+                and stage_it < s.num_iterations):
+            snap = out_path.with_name(f"{out_path.stem}_{stage_it}{out_path.suffix}")
             snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
-                                               metadata={"settings": s.to_dict(), "iteration": it}))
+                                               metadata={"settings": s.to_dict(), "iteration": stage_it}))
 
+    x, offset = None, 0
     try:
-        state = optim.run(stepper, x0, s.num_iterations, chunk_size=s.chunk_size,
-                          stops=optim.checkpoints(s.num_iterations, s.print_every, s.save_every),
-                          on_stop=on_stop)
+        for k, (size, n_iter) in enumerate(plan):
+            last = k == len(plan) - 1
+            stage_content, stage_styles = (content_img, styles) if last else stage_images(content_img, styles,
+                                                                                          size, s)
+            targets = make_targets(objective, params, vgg.preprocess(jnp.asarray(stage_content)),
+                                   [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights)
+            x0 = initial_image(s, stage_content, stage_styles) if x is None else upsample(x, stage_content.shape[:2])
+            stepper = optim.single_image_stepper(objective, spec, params, targets, s.loop)
+            state = optim.run(stepper, x0, n_iter, chunk_size=s.chunk_size,
+                              stops=optim.checkpoints(n_iter, s.print_every, s.save_every if last else 0),
+                              on_stop=functools.partial(on_stop, offset=offset, size=size, last=last,
+                                                        t_stage=time.perf_counter()))
+            x, offset = state.x, offset + int(state.iteration)
     finally:
         if bar is not None:
             bar.close()
@@ -181,6 +193,30 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
                                                         "loss": result.loss})
     return result
+
+
+def stage_images(content_img: np.ndarray, styles: list[np.ndarray], size: int,
+                 s: Settings) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The content and style images of a coarse-to-fine stage of long side ``size``, resized from the
+    full-size ones (style images to ``size * style_scale``)."""
+    label = f"content image at coarse-to-fine scale {size}"
+    stage_content = images.resize_long_side(content_img, size, label=label)
+    style_size = max(1, int(size * s.style_scale))
+    stage_styles = [images.resize_long_side(st, style_size, label=f"style image at coarse-to-fine scale {size}")
+                    for st in styles]
+    return stage_content, stage_styles
+
+
+def upsample(x: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
+    """Bicubic resize of Caffe-space images ``(H, W, 3)`` or ``(N, H, W, 3)`` to ``size_hw``: a coarse stage's
+    result becomes the next stage's start."""
+    resize = functools.partial(_resize_hw, size_hw=tuple(size_hw))
+    return jax.vmap(resize)(x) if x.ndim == 4 else resize(x)
+
+
+@functools.partial(jax.jit, static_argnames="size_hw")
+def _resize_hw(x, size_hw):
+    return jax.image.resize(x, (*size_hw, x.shape[-1]), method="cubic")
 
 
 def finish_image(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarray:

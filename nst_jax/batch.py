@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from nst_jax import api, images, optim, vgg
 from nst_jax import objective as objective_mod
-from nst_jax.config import Settings
+from nst_jax.config import Settings, stages
 from nst_jax.objective import Objective
 
 __all__ = [
@@ -433,7 +433,7 @@ class BatchStylizer:
         self.params = api.get_params(s.weights)
         self.objective = Objective.from_settings(s)
         self.spec = optim.SolverSpec.from_settings(s)
-        self._style_targets: dict[int, dict] = {}
+        self._style_targets: dict[tuple, dict] = {}
 
     def prepare(self, content, label: str = "content image") -> np.ndarray:
         """Loads a content image and brings it to its working size (resize, or fit to ``output_size``)."""
@@ -442,14 +442,17 @@ class BatchStylizer:
             return fit_to_size(img, self.output_size)
         return images.resize_long_side(img, self.settings.image_size, label=label)
 
-    def _targets(self, content: np.ndarray, style_index: int) -> dict:
+    def _targets(self, content: np.ndarray, style_index: int, styles: list[np.ndarray] | None = None) -> dict:
+        """Targets of one image; ``styles``: the style images of a coarse-to-fine stage (default full size)."""
         caffe = vgg.preprocess(jnp.asarray(content))
-        if style_index not in self._style_targets:  # style Gram matrices: once per style
-            styles = [vgg.preprocess(jnp.asarray(st)) for st in self.styles[style_index]]
-            self._style_targets[style_index] = objective_mod.style_targets(
-                self.objective, self.params, styles, self.settings.style_blend_weights)
+        styles = self.styles[style_index] if styles is None else styles
+        key = (style_index, tuple(styles[0].shape))
+        if key not in self._style_targets:  # style Gram matrices: once per style (and stage size)
+            self._style_targets[key] = objective_mod.style_targets(
+                self.objective, self.params, [vgg.preprocess(jnp.asarray(st)) for st in styles],
+                self.settings.style_blend_weights)
         return {"content": objective_mod.content_targets(self.objective, self.params, caffe),
-                "style": self._style_targets[style_index]}
+                "style": self._style_targets[key]}
 
     def batch_size_for(self, shape_hw: tuple[int, int]) -> int:
         """The batch size used for a bucket of this shape."""
@@ -499,24 +502,41 @@ class BatchStylizer:
 
     def _run_chunk(self, chunk, contents, style_indices, labels, style_batched, on_stop):
         s = self.settings
-        targets = [self._targets(contents[i], style_indices[i]) for i in chunk]
-        batched = {"content": jax.tree.map(lambda *a: jnp.stack(a), *[t["content"] for t in targets]),
-                   "style": (jax.tree.map(lambda *a: jnp.stack(a), *[t["style"] for t in targets])
-                             if style_batched else targets[0]["style"])}
-        # Each image starts exactly where nst_jax.stylize would start it (same key, same shape).
-        x0 = jnp.stack([api.initial_image(s, contents[i], self.styles[style_indices[i]]) for i in chunk])
-        run = optimize_batch(
-            self.objective, self.spec, self.params, x0, batched, num_iterations=s.num_iterations,
-            chunk_size=s.chunk_size, print_every=s.print_every, loop=s.loop, style_batched=style_batched,
-            devices=self.devices, labels=[labels[i] for i in chunk],
-            on_stop=(lambda st, el: on_stop(chunk, st, el)) if on_stop else None)
-        xs = run.images()
+        plan = stages(s)
+        histories: list[list[optim.Record]] = [[] for _ in chunk]
+        errors: list[Exception | None] = [None] * len(chunk)
+        offsets = [0] * len(chunk)
+        x = None
+        for k, (size, n_iter) in enumerate(plan):
+            if k == len(plan) - 1:
+                stage = [(contents[i], self.styles[style_indices[i]]) for i in chunk]
+            else:  # a coarse-to-fine stage: the same images at long side `size`, as nst_jax.stylize makes them
+                stage = [api.stage_images(contents[i], self.styles[style_indices[i]], size, s) for i in chunk]
+            targets = [self._targets(c, style_indices[i], st) for i, (c, st) in zip(chunk, stage)]
+            batched = {"content": jax.tree.map(lambda *a: jnp.stack(a), *[t["content"] for t in targets]),
+                       "style": (jax.tree.map(lambda *a: jnp.stack(a), *[t["style"] for t in targets])
+                                 if style_batched else targets[0]["style"])}
+            if x is None:  # each image starts exactly where nst_jax.stylize would start it (same key, same shape)
+                x0 = jnp.stack([api.initial_image(s, c, st) for c, st in stage])
+            else:
+                x0 = api.upsample(jnp.asarray(x), stage[0][0].shape[:2])
+            run = optimize_batch(
+                self.objective, self.spec, self.params, x0, batched, num_iterations=n_iter,
+                chunk_size=s.chunk_size, print_every=s.print_every, loop=s.loop, style_batched=style_batched,
+                devices=self.devices, labels=[labels[i] for i in chunk],
+                on_stop=(lambda st, el: on_stop(chunk, st, el)) if on_stop else None)
+            for m in range(len(chunk)):
+                histories[m] += [dataclasses.replace(r, iteration=r.iteration + offsets[m], size=size)
+                                 for r in run.histories[m]]
+                offsets[m] += run.histories[m][-1].iteration if run.histories[m] else 0
+                errors[m] = errors[m] or run.errors[m]
+            x = run.images()
         out: list[api.Result | Exception] = []
         for k, i in enumerate(chunk):
-            if run.errors[k] is not None:
-                out.append(run.errors[k])
+            if errors[k] is not None:
+                out.append(errors[k])
             else:
-                out.append(api.Result(api.finish_image(xs[k], contents[i], s), run.histories[k], s))
+                out.append(api.Result(api.finish_image(x[k], contents[i], s), histories[k], s))
         return out
 
     def stylize(self, contents: Sequence, style_indices: Sequence[int] | None = None, *, progress: bool = True,

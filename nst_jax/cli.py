@@ -48,7 +48,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
             inner = typing.get_args(tp)[0]
             kw["nargs"] = "+"
             kw["type"] = inner
-            kw["metavar"] = "LAYER" if f.name in _TUPLE_OF_STR else "W"
+            kw["metavar"] = "LAYER" if f.name in _TUPLE_OF_STR else ("PX" if inner is int else "W")
         elif tp in (int, float, str):
             kw["type"] = tp
         else:  # pragma: no cover - a new field type must be handled here

@@ -62,6 +62,11 @@ class Settings:
 
     # --- optimization
     num_iterations: int = _opt(1000, "Number of optimizer iterations (0 returns the initial image).")
+    scales: tuple[int, ...] = _opt(
+        (), "Coarse-to-fine: long sides (increasing, each < image_size) to stylize at first, scale_iterations "
+            "each; every stage starts from the previous result upsampled, the last stage is image_size with "
+            "num_iterations. Empty: one scale, as neural-style.")
+    scale_iterations: int | None = _opt(None, "Iterations at each of `scales` (default: num_iterations).")
     optimizer: Optimizer = _opt("lbfgs", "Optimizer.")
     learning_rate: float | None = _opt(None, "Step size; default 1 for L-BFGS, 10 for Adam (neural-style's).")
     beta1: float = _opt(0.9, "Adam beta1 (0.99 with epsilon 0.1 removes Adam's gray spots).")
@@ -165,6 +170,7 @@ def _validate(s: Settings) -> None:
         if sum(vals) <= 0:
             raise ValueError("style_blend_weights must not all be 0.")
         _set(s, "style_blend_weights", vals)
+    _validate_scales(s)
     for name, lo in (("image_size", MIN_IMAGE_SIZE), ("num_iterations", 0), ("lbfgs_history", 1),
                      ("chunk_size", 1), ("print_every", 0), ("save_every", 0), ("seed", 0)):
         v = getattr(s, name)
@@ -197,3 +203,33 @@ def _validate(s: Settings) -> None:
         raise ValueError("init='image' needs init_image: the path of the image to start from.")
     if s.weights is not None and not isinstance(s.weights, str):
         _set(s, "weights", str(s.weights))
+
+
+def _validate_scales(s: Settings) -> None:
+    scales = s.scales
+    if isinstance(scales, (int, str)) and not isinstance(scales, bool):
+        scales = [scales]
+    try:
+        vals = tuple(int(v) for v in scales)
+        ok = all(float(v) == int(v) and not isinstance(v, bool) for v in scales)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"scales must be a list of integers (long sides in pixels), got {s.scales!r}.")
+    if vals:
+        if min(vals) < MIN_IMAGE_SIZE:
+            raise ValueError(f"scales must be >= {MIN_IMAGE_SIZE} pixels (VGG-19 pools four times), got {vals}.")
+        if any(b <= a for a, b in zip(vals, vals[1:])) or (isinstance(s.image_size, int) and vals[-1] >= s.image_size):
+            raise ValueError(f"scales must increase and stay below image_size={s.image_size}, got {vals}; "
+                             f"e.g. scales=({s.image_size // 2},) for one half-size stage.")
+    _set(s, "scales", vals)
+    if s.scale_iterations is not None:
+        v = s.scale_iterations
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"scale_iterations must be an integer >= 0, got {v!r}.")
+
+
+def stages(s: Settings) -> list[tuple[int, int]]:
+    """``[(long side, iterations), ...]`` of a stylization: the coarse-to-fine ``scales``, then ``image_size``."""
+    coarse = s.num_iterations if s.scale_iterations is None else s.scale_iterations
+    return [(size, coarse) for size in s.scales] + [(s.image_size, s.num_iterations)]

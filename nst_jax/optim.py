@@ -268,7 +268,11 @@ def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets
 
 @dataclass(frozen=True)
 class Record:
-    """Progress of one image at one iteration (weighted loss terms, seconds since start)."""
+    """Progress of one image at one iteration (weighted loss terms, seconds since start).
+
+    With coarse-to-fine ``scales`` the iteration counts on across the stages and ``size`` says which
+    stage (long side) the record belongs to.
+    """
 
     iteration: int
     total: float
@@ -276,10 +280,11 @@ class Record:
     style: float
     tv: float
     elapsed: float
+    size: int | None = None  # long side of the image at this record (differs between coarse-to-fine stages)
 
     def as_dict(self) -> dict:
         return dict(iteration=self.iteration, total=self.total, content=self.content, style=self.style,
-                    tv=self.tv, elapsed=self.elapsed)
+                    tv=self.tv, elapsed=self.elapsed, size=self.size)
 
 
 class NonFiniteLossError(FloatingPointError):

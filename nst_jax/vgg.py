@@ -228,14 +228,27 @@ def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted):
         pos += 2
         if pos > stop:
             return x, feats
-    window = (1, 2, 2, 1)
-    if pooling == "max":
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
-    else:
-        x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, window, "VALID") / 4.0
+    x = pool2x2(x, pooling)
     if f"pool{block}" in wanted:
         feats[f"pool{block}"] = x
     return x, feats
+
+
+def pool2x2(x: jax.Array, pooling: Pooling = "max") -> jax.Array:
+    """2x2 pooling with stride 2, "valid" (odd trailing rows/columns dropped), as VGG's (NHWC).
+
+    Written as a reshape to ``(N, H/2, 2, W/2, 2, C)`` and a reduction over the two window axes rather
+    than ``lax.reduce_window``: the forward values are the same, and the backward pass is an
+    elementwise select instead of XLA's select-and-scatter, which measures slower on CPU (see
+    BENCHMARKS.md). Ties in a max window share the gradient equally (select-and-scatter gives it all
+    to the first); after a ReLU the only common tie is 0, whose gradient the ReLU zeroes anyway.
+    """
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    windows = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
+    if pooling == "max":
+        return jnp.max(windows, axis=(2, 4))
+    return jnp.mean(windows, axis=(2, 4))
 
 
 def apply(params, x_caffe: jax.Array, layers: Sequence[str], *, pooling: Pooling = "max",

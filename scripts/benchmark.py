@@ -675,7 +675,8 @@ def run_benchmark(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="nst_bench_") as tmp:
         workdir = Path(tmp)
         shapes = write_inputs(workdir, args.sizes, args.seed, args.content, args.style)
-        base = {"workdir": str(workdir), "precision": args.precision, "repeats": args.repeats, "iters": args.iters}
+        base = {"workdir": str(workdir), "precision": args.precision, "repeats": args.repeats, "iters": args.iters,
+                "remat": args.remat}
         if args.torch_threads:
             base["torch_threads"] = args.torch_threads
         base["torch_device"] = args.torch_device
@@ -799,7 +800,8 @@ def markdown(result: dict) -> str:
         f"Python {m['python']}; jax {m['jax']} (backend {m['backend']}, devices {', '.join(m['devices'])}); "
         f"torch {m.get('torch')}" + (f" ({m.get('torch_threads')} threads)" if m.get("torch") else ""),
         f"- load average at start: {', '.join(f'{x:.2f}' for x in m.get('load_average_at_start', []))}",
-        f"- precision: {result['options']['precision'] or 'default'}; repeats {result['options']['repeats']}, "
+        f"- precision: {result['options']['precision'] or 'default'}"
+        f"{'; remat (jax.checkpoint per block)' if result['options'].get('remat') else ''}; repeats {result['options']['repeats']}, "
         f"{result['options']['iters']} iterations per optimizer repeat; library default loop: "
         f"'{result['default_loop']}'",
         f"- XLA fp32 matmul peak measured in this run: {result['matmul_peak']['xla_matmul_gflops']} GFLOP/s"
@@ -906,9 +908,12 @@ def run_profile(args) -> dict:
         write_inputs(workdir, args.sizes, args.seed, args.content, args.style)
         for size in args.sizes:
             cfg = {"workdir": str(workdir), "size": size, "repeats": args.repeats, "iters": args.iters,
-                   "precision": args.precision, "parts": args.profile_parts}
-            out["sizes"][size] = spawn({**cfg, "kind": "profile"})
-            for flags in args.xla_flags_variants:
+                   "precision": args.precision, "parts": args.profile_parts,
+                   "bf16_iterations": args.bf16_iterations}
+            if args.profile_parts != ["none"]:
+                out["sizes"][size] = spawn({**cfg, "kind": "profile"})
+            # The flag variants run in fresh processes; "" (no extra flags) is their control, measured alongside.
+            for flags in ([""] + args.xla_flags_variants if args.xla_flags_variants else []):
                 env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
                 out["sizes"][size].setdefault("xla_flags", {})[flags] = spawn(
                     {**cfg, "kind": "profile", "parts": ["vg"]}, env=env)
@@ -1018,7 +1023,7 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
         }
 
     # Whole-objective variants (proposals): NCHW convs, reshape max-pool, remat, bf16.
-    if want("variants"):
+    if want("variants") or want("bf16"):
         def forward_variant(wts, x, layout="NHWC", pool="reduce_window", dtype=jnp.float32):
             """The network with one implementation choice changed; same math as nst_jax.vgg.forward."""
             wanted = frozenset(objective.layers)
@@ -1070,18 +1075,47 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
             return c + s + objective.tv_weight * losses.tv_loss(x)
 
         w = {k: (v["kernel"], v["bias"]) for k, v in jparams["params"].items()}
-        variants = {}
-        base_val = float(objective.loss(jparams, x0, targets).total)
-        for name, kw in (("nhwc_reduce_window", {}), ("nchw", {"layout": "NCHW"}),
-                         ("nhwc_reshape_pool", {"pool": "reshape"}),
-                         ("nchw_reshape_pool", {"layout": "NCHW", "pool": "reshape"}),
-                         ("bf16_fp32_accum", {"dtype": jnp.bfloat16})):
-            f = jax.jit(jax.value_and_grad(functools.partial(loss_variant, **kw), argnums=1))
-            r = bench(f, w, x0, targets)
-            val = float(f(w, x0, targets)[0])
-            r["loss_rel_diff"] = abs(val - base_val) / abs(base_val)
-            variants[name] = r
-        res["variants"] = variants
+        if want("variants"):
+            variants = {}
+            base_terms, base_g = jax.jit(objective.value_and_grad)(jparams, x0, targets)
+            base_val, base_g = float(base_terms.total), np.asarray(base_g)
+            for name, kw in (("nhwc_reduce_window", {}), ("nchw", {"layout": "NCHW"}),
+                             ("nhwc_reshape_pool", {"pool": "reshape"}),
+                             ("nchw_reshape_pool", {"layout": "NCHW", "pool": "reshape"}),
+                             ("bf16_fp32_accum", {"dtype": jnp.bfloat16})):
+                f = jax.jit(jax.value_and_grad(functools.partial(loss_variant, **kw), argnums=1))
+                r = bench(f, w, x0, targets)
+                val, g = f(w, x0, targets)
+                r["loss_rel_diff"] = abs(float(val) - base_val) / abs(base_val)
+                r["grad_rel_diff"] = float(np.linalg.norm(np.asarray(g) - base_g) / np.linalg.norm(base_g))
+                variants[name] = r
+            res["variants"] = variants
+
+        if want("bf16"):
+            # bf16 activations/weights with fp32 accumulation in neural-style's L-BFGS: the loss (in fp32, the
+            # library's objective) after N iterations, against the same loop in fp32.
+            n_it = cfg.get("bf16_iterations", 50)
+            tx = optim._transformation(spec)
+            full = lambda x: objective.loss(jparams, x, targets).total  # noqa: E731
+            bf = {}
+            for name, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+                vg_ = jax.value_and_grad(functools.partial(loss_variant, dtype=dt), argnums=1)
+
+                @jax.jit
+                def it(x, st, vg_=vg_):
+                    _, g = vg_(w, x, targets)
+                    u, st = tx.update(g, st, x)
+                    return x + u, st
+
+                x, st = x0, tx.init(x0)
+                curve = [float(full(x))]
+                for _ in range(n_it):
+                    x, st = it(x, st)
+                    curve.append(float(full(x)))
+                bf[name] = curve
+            bf["final_rel_diff"] = abs(bf["bfloat16"][-1] - bf["float32"][-1]) / abs(bf["float32"][-1])
+            bf["iterations"] = n_it
+            res["bf16_lbfgs"] = bf
 
     # remat: time and memory of the library's own option (fresh process would be cleaner; RSS is process-wide,
     # so the main benchmark's peak RSS figures are the ones to quote)
@@ -1155,6 +1189,23 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
 
             return optax.GradientTransformation(inner.init, update)
 
+        def slot_frozen_step(s):
+            """Same semantics as optim.step (a done image is frozen) without the whole-state select: the small
+            leaves are selected; the two history buffers, which this iteration changed in one slot only,
+            get that slot restored (a dynamic-update-slice)."""
+            new = unselected_step(s)
+            lstate, new_lstate = s.opt_state[0], new.opt_state[0]
+            slot = (new_lstate.count - 2) % spec.history  # the slot this update wrote
+            fix = lambda old, n: n.at[slot].set(jnp.where(s.done, old[slot], n[slot]))  # noqa: E731
+            mem = {k: fix(getattr(lstate, k), getattr(new_lstate, k))
+                   for k in ("diff_params_memory", "diff_updates_memory", "weights_memory")}
+            small = lambda o, n: jax.tree.map(lambda a, b: jnp.where(s.done, a, b), o, n)  # noqa: E731
+            lnew = small(lstate._replace(diff_params_memory=0, diff_updates_memory=0, weights_memory=0),
+                         new_lstate._replace(diff_params_memory=0, diff_updates_memory=0, weights_memory=0))
+            opt_state = (lnew._replace(**mem),) + tuple(small(s.opt_state[1:], new.opt_state[1:]))
+            rest = small(s._replace(opt_state=()), new._replace(opt_state=()))
+            return rest._replace(opt_state=opt_state)
+
         lib = lambda s: optim.step(objective, spec, jparams, s, targets)  # noqa: E731
         spec10 = optim.SolverSpec(history=10)
         n_check = 6
@@ -1169,11 +1220,13 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
         try:
             lb["slot_select_h100"], x_slot = step_time(spec, lib, n_check=n_check)
             lb["slot_select_cond_done_h100"], x_both = step_time(spec, cond_step, n_check=n_check)
+            lb["slot_select_slot_frozen_h100"], x_frozen = step_time(spec, slot_frozen_step, n_check=n_check)
         finally:
             optim.scale_by_lbfgs_neural_style = original
         rel = lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))  # noqa: E731
         lb["slot_select_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_slot, x_lib))
         lb["slot_select_cond_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_both, x_lib))
+        lb["slot_select_slot_frozen_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_frozen, x_lib))
         lb["history_mb_h100"] = 2 * 100 * x0.size * 4 / 2**20
         lb["overhead_vs_vg_h100"] = lb["library_step_h100"] - res["vg"]["s"]
         res["lbfgs"] = lb
@@ -1217,10 +1270,16 @@ def profile_markdown(p: dict) -> str:
             row("pool1 max fwd+bwd, reduce_window (select-and-scatter)", r["pool1"]["reduce_window_fwd_bwd"])
             row("pool1 max fwd+bwd, reshape + max", r["pool1"]["reshape_max_fwd_bwd"])
         for name, m in r.get("variants", {}).items():
-            row(f"variant value+grad: {name} (loss rel diff {m['loss_rel_diff']:.1e})", m)
+            row(f"variant value+grad: {name} (loss rel diff {m['loss_rel_diff']:.1e}, "
+                f"grad rel diff {m.get('grad_rel_diff', float('nan')):.1e})", m)
         row("value+grad with remat=True", r.get("remat_vg"))
         for flags, m in r.get("xla_flags", {}).items():
-            row(f"value+grad with XLA_FLAGS='{flags}'", m["vg"])
+            row(f"value+grad with XLA_FLAGS='{flags}'" if flags else "value+grad, no extra XLA_FLAGS (control)", m["vg"])
+        if "bf16_lbfgs" in r:
+            b = r["bf16_lbfgs"]
+            lines += ["", f"bf16 (fp32 accumulation) L-BFGS, {b['iterations']} iterations: loss "
+                      f"{b['bfloat16'][-1]:.6g} vs fp32 {b['float32'][-1]:.6g} (relative difference "
+                      f"{b['final_rel_diff']:.2%}; start {b['float32'][0]:.6g})."]
         if "lbfgs" in r:
             lb = r["lbfgs"]
             lines += ["", "| L-BFGS iteration | s/iter |", "|---|---:|"]
@@ -1258,7 +1317,11 @@ def parse_args(argv=None):
     p.add_argument("--md", type=Path, default=None, help="write the markdown report here too")
     p.add_argument("--profile", action="store_true", help="time the pieces of value+grad and the proposed variants")
     p.add_argument("--profile-parts", nargs="+", default=["all"],
-                   choices=["all", "blocks", "gram_pool", "variants", "remat", "lbfgs"])
+                   choices=["all", "blocks", "gram_pool", "variants", "bf16", "remat", "lbfgs", "none"],
+                   help="(--profile) which measurements; 'none': only the --xla-flags-variant runs")
+    p.add_argument("--bf16-iterations", type=int, default=50,
+                   help="(--profile, part bf16) L-BFGS iterations of the bf16-vs-fp32 comparison")
+    p.add_argument("--remat", action="store_true", help="Settings.remat=True (jax.checkpoint per VGG block)")
     p.add_argument("--xla-flags-variant", dest="xla_flags_variants", action="append", default=[], metavar="FLAGS",
                    help="(--profile) also time value+grad with XLA_FLAGS=FLAGS; repeat for several, "
                         "e.g. --xla-flags-variant=--xla_cpu_use_onednn=true")

@@ -109,6 +109,8 @@ NON_DEFAULT = {
     "chunk_size": (["--chunk-size", "5"], 5),
     "print_every": (["--print-every", "7"], 7),
     "save_every": (["--save-every", "2"], 2),
+    "scales": (["--scales", "128", "256"], (128, 256)),
+    "scale_iterations": (["--scale-iterations", "40"], 40),
 }
 
 
