@@ -36,12 +36,15 @@ def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
     f = features.reshape(h * w, c)
     if shift:
         f = f + shift
-    return jnp.matmul(f.T, f, precision=precision) / (c * h * w)
+    # Low-precision (bf16) features are multiplied as they are but accumulated and returned in float32.
+    out = jnp.promote_types(features.dtype, jnp.float32)
+    return jnp.matmul(f.T, f, precision=precision, preferred_element_type=out) / (c * h * w)
 
 
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared difference between activations and the content target (unweighted)."""
-    return jnp.mean(jnp.square(features - target))
+    """Mean squared difference between activations and the content target (unweighted), in at least float32."""
+    out = jnp.promote_types(jnp.promote_types(features.dtype, target.dtype), jnp.float32)
+    return jnp.mean(jnp.square(features.astype(out) - target.astype(out)))
 
 
 def style_loss(gram_matrix: jax.Array, target: jax.Array) -> jax.Array:

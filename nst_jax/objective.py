@@ -50,6 +50,7 @@ class Objective:
     padding: str = "zero"
     precision: str | None = None
     remat: bool = False
+    dtype: str = "float32"
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
@@ -66,6 +67,7 @@ class Objective:
             padding=s.padding,
             precision=s.precision,
             remat=s.remat,
+            dtype=s.dtype,
         )
 
     @property
@@ -76,7 +78,8 @@ class Objective:
     def features(self, params, x: jax.Array, layers: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
         """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``."""
         feats = vgg.apply(params, x[None], layers or self.layers, pooling=self.pooling, padding=self.padding,
-                          precision=self.precision, remat=self.remat)
+                          precision=self.precision, remat=self.remat,
+                          dtype=None if self.dtype == "float32" else self.dtype)
         return {k: v[0] for k, v in feats.items()}
 
     def gram(self, f: jax.Array) -> jax.Array:

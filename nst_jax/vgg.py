@@ -153,12 +153,15 @@ class VGG19(nn.Module):
             ``"highest"``. On GPUs the default uses TF32/bf16 passes.
         remat: recompute each block's activations in the backward pass
             (``jax.checkpoint``) to fit larger images in memory.
+        dtype: compute dtype of the network, ``None`` (the input's) or e.g.
+            ``"bfloat16"``: input, weights and activations are cast to it.
     """
 
     pooling: Pooling = "max"
     padding: Padding = "zero"
     precision: str | None = None
     remat: bool = False
+    dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
@@ -173,13 +176,17 @@ class VGG19(nn.Module):
         """
         weights = {name: _ConvParams(cin, cout, name=name)() for name, (cin, cout) in CONV_CHANNELS.items()}
         return forward(weights, x, tuple(layers), pooling=self.pooling, padding=self.padding,
-                       precision=self.precision, remat=self.remat)
+                       precision=self.precision, remat=self.remat, dtype=self.dtype)
 
 
 def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layers: tuple[str, ...], *,
             pooling: Pooling = "max", padding: Padding = "zero", precision: str | None = None,
-            remat: bool = False) -> dict[str, jax.Array]:
-    """The network as a pure function of ``{conv: (kernel, bias)}``; stops after the deepest requested layer."""
+            remat: bool = False, dtype: str | None = None) -> dict[str, jax.Array]:
+    """The network as a pure function of ``{conv: (kernel, bias)}``; stops after the deepest requested layer.
+
+    With ``dtype`` (e.g. ``"bfloat16"``) the input and every layer's weights are cast to it, so the
+    activations (and their gradients) are of that dtype.
+    """
     if pooling not in ("max", "avg"):
         raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
     if padding not in ("zero", "reflect"):
@@ -189,6 +196,8 @@ def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layer
     wanted = frozenset(layers)
     last = max(_LAYER_INDEX[n] for n in wanted)
     prec = _PRECISIONS[precision]
+    if dtype is not None:
+        x = x.astype(dtype)
     out: dict[str, jax.Array] = {}
     start = 0
     for b, n, _ in BLOCKS:
@@ -252,12 +261,13 @@ def pool2x2(x: jax.Array, pooling: Pooling = "max") -> jax.Array:
 
 
 def apply(params, x_caffe: jax.Array, layers: Sequence[str], *, pooling: Pooling = "max",
-          padding: Padding = "zero", precision: str | None = None, remat: bool = False) -> dict[str, jax.Array]:
+          padding: Padding = "zero", precision: str | None = None, remat: bool = False,
+          dtype: str | None = None) -> dict[str, jax.Array]:
     """Pure function: features of Caffe-space images. Safe inside ``jit``/``vmap``/``grad``.
 
     ``layers`` must be canonical names (static under ``jit``).
     """
-    module = VGG19(pooling=pooling, padding=padding, precision=precision, remat=remat)
+    module = VGG19(pooling=pooling, padding=padding, precision=precision, remat=remat, dtype=dtype)
     return module.apply(params, x_caffe, tuple(layers))
 
 

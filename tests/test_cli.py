@@ -111,6 +111,7 @@ NON_DEFAULT = {
     "save_every": (["--save-every", "2"], 2),
     "scales": (["--scales", "128", "256"], (128, 256)),
     "scale_iterations": (["--scale-iterations", "40"], 40),
+    "dtype": (["--dtype", "bfloat16"], "bfloat16"),
 }
 
 
