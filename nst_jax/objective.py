@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses, vgg
+from nst_jax import conv, losses, vgg
 from nst_jax.config import Settings
 
 
@@ -51,6 +51,7 @@ class Objective:
     precision: str | None = None
     remat: bool = False
     dtype: str = "float32"
+    conv_algorithm: str = "direct"
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
@@ -68,6 +69,7 @@ class Objective:
             precision=s.precision,
             remat=s.remat,
             dtype=s.dtype,
+            conv_algorithm=conv.resolve_algorithm(s.conv_algorithm),
         )
 
     @property
@@ -79,7 +81,8 @@ class Objective:
         """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``."""
         feats = vgg.apply(params, x[None], layers or self.layers, pooling=self.pooling, padding=self.padding,
                           precision=self.precision, remat=self.remat,
-                          dtype=None if self.dtype == "float32" else self.dtype)
+                          dtype=None if self.dtype == "float32" else self.dtype,
+                          conv_algorithm=self.conv_algorithm)
         return {k: v[0] for k, v in feats.items()}
 
     def gram(self, f: jax.Array) -> jax.Array:

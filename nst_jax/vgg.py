@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import conv
+
 #: ImageNet mean in BGR order, 0..255 (Caffe / Keras ``preprocess_input``).
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -155,6 +157,8 @@ class VGG19(nn.Module):
             (``jax.checkpoint``) to fit larger images in memory.
         dtype: compute dtype of the network, ``None`` (the input's) or e.g.
             ``"bfloat16"``: input, weights and activations are cast to it.
+        conv_algorithm: ``"direct"`` (XLA's convolution, bit-faithful to Keras)
+            or ``"winograd"`` (see :mod:`nst_jax.conv`).
     """
 
     pooling: Pooling = "max"
@@ -162,6 +166,7 @@ class VGG19(nn.Module):
     precision: str | None = None
     remat: bool = False
     dtype: str | None = None
+    conv_algorithm: str = "direct"
 
     @nn.compact
     def __call__(self, x: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
@@ -176,12 +181,13 @@ class VGG19(nn.Module):
         """
         weights = {name: _ConvParams(cin, cout, name=name)() for name, (cin, cout) in CONV_CHANNELS.items()}
         return forward(weights, x, tuple(layers), pooling=self.pooling, padding=self.padding,
-                       precision=self.precision, remat=self.remat, dtype=self.dtype)
+                       precision=self.precision, remat=self.remat, dtype=self.dtype,
+                       conv_algorithm=self.conv_algorithm)
 
 
 def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layers: tuple[str, ...], *,
             pooling: Pooling = "max", padding: Padding = "zero", precision: str | None = None,
-            remat: bool = False, dtype: str | None = None) -> dict[str, jax.Array]:
+            remat: bool = False, dtype: str | None = None, conv_algorithm: str = "direct") -> dict[str, jax.Array]:
     """The network as a pure function of ``{conv: (kernel, bias)}``; stops after the deepest requested layer.
 
     With ``dtype`` (e.g. ``"bfloat16"``) the input and every layer's weights are cast to it, so the
@@ -191,6 +197,8 @@ def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layer
         raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
     if padding not in ("zero", "reflect"):
         raise ValueError(f"padding must be 'zero' or 'reflect', got {padding!r}.")
+    if conv_algorithm not in ("direct", "winograd"):
+        raise ValueError(f"conv_algorithm must be 'direct' or 'winograd', got {conv_algorithm!r}.")
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"VGG-19 input must be (N, H, W, 3), got shape {tuple(x.shape)}.")
     wanted = frozenset(layers)
@@ -205,7 +213,7 @@ def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layer
             break
         block_w = [weights[f"conv{b}_{i}"] for i in range(1, n + 1)]
         fn = functools.partial(_run_block, block=b, padding=padding, pooling=pooling, precision=prec,
-                               stop=last - start, wanted=wanted)
+                               stop=last - start, wanted=wanted, algorithm=conv_algorithm)
         if remat:
             fn = jax.checkpoint(fn)
         x, feats = fn(x, block_w)
@@ -214,19 +222,12 @@ def forward(weights: dict[str, tuple[jax.Array, jax.Array]], x: jax.Array, layer
     return out
 
 
-def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted):
+def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted, algorithm="direct"):
     """One VGG block (convs + ReLUs + pool), stopping after position ``stop`` within it."""
     feats = {}
     pos = 0
     for i, (kernel, bias) in enumerate(block_w, start=1):
-        if padding == "reflect":
-            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-            pad = "VALID"
-        else:
-            pad = "SAME"
-        x = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         precision=precision) + bias.astype(x.dtype)
+        x = conv.conv3x3(x, kernel, padding=padding, precision=precision, algorithm=algorithm) + bias.astype(x.dtype)
         if f"conv{block}_{i}" in wanted:
             feats[f"conv{block}_{i}"] = x
         if pos + 1 > stop:
@@ -247,27 +248,48 @@ def pool2x2(x: jax.Array, pooling: Pooling = "max") -> jax.Array:
     """2x2 pooling with stride 2, "valid" (odd trailing rows/columns dropped), as VGG's (NHWC).
 
     Written as a reshape to ``(N, H/2, 2, W/2, 2, C)`` and a reduction over the two window axes rather
-    than ``lax.reduce_window``: the forward values are the same, and the backward pass is an
-    elementwise select instead of XLA's select-and-scatter, which measures slower on CPU (see
-    BENCHMARKS.md). Ties in a max window share the gradient equally (select-and-scatter gives it all
-    to the first); after a ReLU the only common tie is 0, whose gradient the ReLU zeroes anyway.
+    than ``lax.reduce_window``: the forward values are the same, and the backward pass of max pooling
+    is an elementwise one-hot of each window's first maximum instead of XLA's select-and-scatter, which
+    measures slower on CPU (see BENCHMARKS.md). Ties (common where tiny inputs round to equal
+    activations) send the gradient to the first maximum in row-major window order, as
+    select-and-scatter, Caffe and PyTorch do.
     """
     n, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    windows = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
+    windows = x[:, : 2 * (h // 2), : 2 * (w // 2), :].reshape(n, h // 2, 2, w // 2, 2, c)
     if pooling == "max":
-        return jnp.max(windows, axis=(2, 4))
+        return _max_pool_windows(windows)
     return jnp.mean(windows, axis=(2, 4))
+
+
+@jax.custom_vjp
+def _max_pool_windows(windows):
+    return jnp.max(windows, axis=(2, 4))
+
+
+def _max_pool_fwd(windows):
+    return _max_pool_windows(windows), windows
+
+
+def _max_pool_bwd(windows, g):
+    n, h2, _, w2, _, c = windows.shape
+    flat = windows.transpose(0, 1, 3, 5, 2, 4).reshape(n, h2, w2, c, 4)  # (dy, dx) row-major
+    first = jax.nn.one_hot(jnp.argmax(flat, axis=-1), 4, dtype=g.dtype)  # argmax: the first maximum
+    dwin = (first * g[..., None]).reshape(n, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return (dwin,)
+
+
+_max_pool_windows.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def apply(params, x_caffe: jax.Array, layers: Sequence[str], *, pooling: Pooling = "max",
           padding: Padding = "zero", precision: str | None = None, remat: bool = False,
-          dtype: str | None = None) -> dict[str, jax.Array]:
+          dtype: str | None = None, conv_algorithm: str = "direct") -> dict[str, jax.Array]:
     """Pure function: features of Caffe-space images. Safe inside ``jit``/``vmap``/``grad``.
 
     ``layers`` must be canonical names (static under ``jit``).
     """
-    module = VGG19(pooling=pooling, padding=padding, precision=precision, remat=remat, dtype=dtype)
+    module = VGG19(pooling=pooling, padding=padding, precision=precision, remat=remat, dtype=dtype,
+                   conv_algorithm=conv_algorithm)
     return module.apply(params, x_caffe, tuple(layers))
 
 

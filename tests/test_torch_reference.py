@@ -6,12 +6,15 @@ follows torch.optim.LBFGS's iterates as neural-style-pt configures it.
 
 How far the L-BFGS trajectories track (measured on this problem, 2 AMD EPYC cores): the
 objectives agree to ~1e-7 relative in float32 and ~1e-16 in float64; L-BFGS then
-amplifies rounding differences (summation order in the convolutions) slowly: float32
-losses stay within ~3e-7 relative for 10 iterations and ~2e-5 for 24; float64 within
-~1e-14 for 24. (At iteration 25 this random-weight problem takes a huge step in both
-implementations; after it float32 trajectories part.) The tolerances below sit ~100x above
-those measurements and far below the 1e-3..1 relative gaps an algorithmic difference
-produces within one or two iterations (e.g. a skipped curvature pair handled differently).
+amplifies rounding differences (summation order in the convolutions): float32 losses stay
+within ~1e-6 relative for 10 iterations, float64 within ~1e-14 for 24. The float32 iterates
+are more sensitive: how XLA fuses the layers around a convolution changes its rounding, and
+with the reshape+max pooling the float32 iterates part by 3e-4 (relative L2) at iteration 3
+and 2e-3 at 10 (with lax.reduce_window pooling: 6e-6 at 10), while the float64 iterates
+still agree to ~1e-14. So the algorithm is pinned by the float64 run (tolerance 1e-10, far
+below the 1e-3..1 gaps an algorithmic difference, e.g. a skipped curvature pair handled
+differently, produces within one or two iterations); the float32 run checks losses to 1e-4
+and iterates to 1e-2.
 
 Needs torch (optional: ``pip install torch``, CPU build); skipped without it.
 """
@@ -45,7 +48,7 @@ TERM_RTOL = 1e-4
 GRAD_MIN_COSINE = 0.9999
 LBFGS_ITERATIONS = {"float32": 10, "float64": 12}
 LBFGS_LOSS_RTOL = {"float32": 1e-4, "float64": 1e-11}
-LBFGS_X_RTOL = {"float32": 1e-3, "float64": 1e-10}  # relative L2 distance of the iterates
+LBFGS_X_RTOL = {"float32": 1e-2, "float64": 1e-10}  # relative L2 distance of the iterates
 
 def problem(dtype: str = "float32"):
     """Random weights, noise content/style images (Caffe-space scale), neural-style's tiny random init."""
@@ -55,7 +58,8 @@ def problem(dtype: str = "float32"):
     content = (rng.random((H, W, 3)) * 255 - 120).astype(np_dtype)
     style = (rng.random((H, W, 3)) * 255 - 120).astype(np_dtype)
     x0 = (0.001 * rng.standard_normal((H, W, 3))).astype(np_dtype)
-    settings = nst_jax.Settings(image_size=max(H, W), precision="highest")  # parity: pin full precision
+    settings = nst_jax.Settings(image_size=max(H, W), precision="highest",
+                                conv_algorithm="direct")  # parity: pin full precision, XLA's convolution
     objective = Objective.from_settings(settings)
     jparams = jax.tree.map(lambda a: jnp.asarray(a, np_dtype), params)
     targets = make_targets(objective, jparams, jnp.asarray(content), [jnp.asarray(style)])

@@ -1,0 +1,105 @@
+"""nst_jax.conv: Winograd F(2x2, 3x3) equals XLA's direct convolution, forward and backward."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst_jax import conv, vgg, weights
+from nst_jax.objective import Objective
+
+
+def _rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+@pytest.mark.parametrize("shape,padding", [((2, 7, 9, 256), "zero"), ((1, 8, 6, 256), "reflect"),
+                                           ((1, 5, 5, 512), "zero"), ((3, 4, 3, 256), "reflect")])
+def test_winograd_equals_direct_forward_and_gradients(shape, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 24)) * 0.05, jnp.float32)
+    yd = conv.conv3x3(x, k, padding=padding)
+    yw = conv.conv3x3(x, k, padding=padding, algorithm="winograd")
+    assert yw.shape == yd.shape == shape[:3] + (24,)
+    assert _rel(yw, yd) < 1e-5
+    ct = jnp.asarray(rng.standard_normal(yd.shape), jnp.float32)
+
+    def grads(alg):
+        f = lambda x, k: jnp.vdot(jnp.tanh(conv.conv3x3(x, k, padding=padding, algorithm=alg)), ct)  # noqa: E731
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(x, k)
+
+    (gxd, gkd), (gxw, gkw) = grads("direct"), grads("winograd")
+    assert _rel(gxw, gxd) < 1e-5 and _rel(gkw, gkd) < 1e-5
+    # vmap over images equals the batched call exactly (each image is its own tiles)
+    vm = jax.vmap(lambda xi: conv.conv3x3(xi[None], k, padding=padding, algorithm="winograd")[0])(x)
+    np.testing.assert_allclose(np.asarray(vm), np.asarray(yw), rtol=1e-6, atol=1e-6 * float(jnp.abs(yw).max()))
+
+
+def test_small_channel_layers_stay_direct():
+    x = jnp.ones((1, 8, 8, 128))
+    k = jnp.full((3, 3, 128, 16), 0.01)
+    np.testing.assert_array_equal(np.asarray(conv.conv3x3(x, k, algorithm="winograd")),
+                                  np.asarray(conv.conv3x3(x, k)))
+
+
+def test_resolve_algorithm():
+    assert conv.resolve_algorithm("auto", "cpu") == "winograd"
+    assert conv.resolve_algorithm("auto", "gpu") == "direct"
+    assert conv.resolve_algorithm("auto", "tpu") == "direct"
+    assert conv.resolve_algorithm("direct", "cpu") == "direct"
+    with pytest.raises(ValueError, match="conv_algorithm"):
+        vgg.forward({}, jnp.zeros((1, 32, 32, 3)), ("relu1_1",), conv_algorithm="fft")
+
+
+def test_objective_value_and_gradient_match_direct():
+    params = weights.random_params(0)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(-100, 100, (40, 48, 3)), jnp.float32)
+    c = jnp.asarray(rng.uniform(-100, 100, (40, 48, 3)), jnp.float32)
+    out = {}
+    for alg in ("direct", "winograd"):
+        obj = Objective(content_layers=("relu4_2",), style_layers=("relu1_1", "relu3_1", "relu4_1", "relu5_1"),
+                        content_weights=(5.0,), style_weights=(100.0,) * 4, tv_weight=1e-3, conv_algorithm=alg)
+        targets = {"content": obj.content_targets(params, c), "style": obj.style_grams(params, c * 0.5)}
+        out[alg] = jax.jit(obj.value_and_grad)(params, x, targets)
+    (td, gd), (tw, gw) = out["direct"], out["winograd"]
+    for a, b in zip(tw, td):
+        assert float(a) == pytest.approx(float(b), rel=1e-5)
+    # Through 16 layers, ReLUs whose input is within rounding of 0 switch either way, so the gradients
+    # of two float32 implementations part more than the values: measured 3.4e-4 relative L2 here (the
+    # PyTorch reference and nst_jax's direct convolution: ~2e-3 at 256 px, see BENCHMARKS.md).
+    assert float(jnp.linalg.norm(gw - gd) / jnp.linalg.norm(gd)) < 2e-3
+    cosine = float(jnp.vdot(gw, gd) / (jnp.linalg.norm(gw) * jnp.linalg.norm(gd)))
+    assert cosine > 0.99999
+
+
+def test_float64_agrees_to_rounding():
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        from nst_jax import conv
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((1, 9, 7, 256)))
+        k = jnp.asarray(rng.standard_normal((3, 3, 256, 8)) * 0.05)
+        yd, yw = conv.conv3x3(x, k), conv.conv3x3(x, k, algorithm="winograd")
+        assert yw.dtype == jnp.float64
+        print(float(jnp.abs(yw - yd).max() / jnp.abs(yd).max()))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout.strip()) < 1e-13
+
+
+def test_bfloat16_input_keeps_dtype():
+    x = jnp.ones((1, 6, 6, 256), jnp.bfloat16)
+    k = jnp.full((3, 3, 256, 4), 0.01, jnp.float32)
+    y = conv.conv3x3(x, k, algorithm="winograd")
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(conv.conv3x3(x, k), np.float32), rtol=2e-2)
