@@ -4,10 +4,11 @@ Winograd (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 201
 2x2 output tile from a 4x4 input tile with 16 element-wise products in a transformed domain instead
 of 36: over a layer, 16 batched ``(tiles, C_in) @ (C_in, C_out)`` matrix products replace the 9
 taps of the direct convolution, 2.25x fewer multiply-adds. The transforms around them are additions
-(memory-bound), so it pays where the channel counts are large. On XLA:CPU it measures 1.2-2x faster
-than ``lax.conv_general_dilated`` forward+backward for VGG-19's layers with 256 and 512 input
-channels, and slower for 64 and 128 (see BENCHMARKS.md); GPU/TPU libraries pick their own algorithm,
-so the library uses it on CPU only (``Settings.conv_algorithm="auto"``).
+(memory-bound), so it can only pay where the channel counts are large. On XLA:CPU (2-core AVX2
+machine, see BENCHMARKS.md) single layers with 256 and 512 input channels ran 1.2-2x faster
+forward+backward than ``lax.conv_general_dilated``, and slower with 64 and 128; the whole objective
+measured 2% faster at 512 px and 8% slower at 256 px, so it is an option
+(``Settings.conv_algorithm="winograd"``), not the default. GPU/TPU libraries pick their own algorithm.
 
 The backward pass (a ``custom_vjp``) is Winograd as well: the input gradient of a 3x3 "valid"
 convolution is the "full" convolution of the output gradient with the flipped, transposed kernel.
@@ -105,10 +106,3 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *, padding: str = "zero", precision
         return conv3x3_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), kernel, precision)
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision=precision)
-
-
-def resolve_algorithm(algorithm: str, backend: str | None = None) -> str:
-    """``"auto"`` -> ``"winograd"`` on CPU (measured faster there), ``"direct"`` elsewhere."""
-    if algorithm != "auto":
-        return algorithm
-    return "winograd" if (backend or jax.default_backend()) == "cpu" else "direct"

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import conv, losses, vgg
+from nst_jax import losses, vgg
 from nst_jax.config import Settings
 
 
@@ -69,7 +69,7 @@ class Objective:
             precision=s.precision,
             remat=s.remat,
             dtype=s.dtype,
-            conv_algorithm=conv.resolve_algorithm(s.conv_algorithm),
+            conv_algorithm=s.conv_algorithm,
         )
 
     @property

@@ -112,7 +112,7 @@ NON_DEFAULT = {
     "scales": (["--scales", "128", "256"], (128, 256)),
     "scale_iterations": (["--scale-iterations", "40"], 40),
     "dtype": (["--dtype", "bfloat16"], "bfloat16"),
-    "conv_algorithm": (["--conv-algorithm", "direct"], "direct"),
+    "conv_algorithm": (["--conv-algorithm", "winograd"], "winograd"),
 }
 
 

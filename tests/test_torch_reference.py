@@ -59,7 +59,7 @@ def problem(dtype: str = "float32"):
     style = (rng.random((H, W, 3)) * 255 - 120).astype(np_dtype)
     x0 = (0.001 * rng.standard_normal((H, W, 3))).astype(np_dtype)
     settings = nst_jax.Settings(image_size=max(H, W), precision="highest",
-                                conv_algorithm="direct")  # parity: pin full precision, XLA's convolution
+                                conv_algorithm="direct")  # parity: pin full precision and XLA's convolution
     objective = Objective.from_settings(settings)
     jparams = jax.tree.map(lambda a: jnp.asarray(a, np_dtype), params)
     targets = make_targets(objective, jparams, jnp.asarray(content), [jnp.asarray(style)])
