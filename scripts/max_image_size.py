@@ -399,7 +399,8 @@ def run(args) -> dict:
     machine = bm.machine_info()
     result = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT)] + sys.argv),
+        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT),
+                                                     os.path.relpath(__file__, ROOT)] + list(args.argv)),
         "machine": machine, "settings": settings.to_dict(), "aspect": args.aspect, "step": args.step,
         "max_size": args.max_size, "phases": list(phases),
         "loop": optim.default_loop() if settings.loop == "auto" else settings.loop,
@@ -621,7 +622,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.argv = argv  # for the report's exact command
     if args.worker:
         cfg = json.loads(args.worker)
         print(bm.RESULT_MARK + json.dumps(WORKERS[cfg["kind"]](cfg)), flush=True)
