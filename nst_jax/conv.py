@@ -99,10 +99,9 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *, padding: str = "zero", precision
             least :data:`WINOGRAD_MIN_CHANNELS` input channels, direct below).
     """
     kernel = kernel.astype(x.dtype)
-    if algorithm == "winograd" and x.shape[-1] >= WINOGRAD_MIN_CHANNELS:
-        mode = "reflect" if padding == "reflect" else "constant"
-        return winograd3x3_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode), kernel, precision)
-    if padding == "reflect":
-        return conv3x3_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), kernel, precision)
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=precision)
+    winograd = algorithm == "winograd" and x.shape[-1] >= WINOGRAD_MIN_CHANNELS
+    if padding == "zero" and not winograd:
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=precision)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if padding == "reflect" else "constant")
+    return (winograd3x3_valid if winograd else conv3x3_valid)(xp, kernel, precision)

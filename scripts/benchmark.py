@@ -287,7 +287,6 @@ def worker_check(cfg: dict) -> dict:
 def worker_jax_vg(cfg: dict) -> dict:
     """Compile time, FLOPs and warm time of ``Objective.value_and_grad`` (jitted)."""
     import jax
-    import jax.numpy as jnp
 
     clock = _CompileClock()
     _, objective, _, params, targets, x0 = _jax_problem(cfg)  # cfg["dtype"]: Settings.dtype (VGG-19 in bf16)
@@ -1080,12 +1079,12 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
         }
 
     # Whole-objective variants (proposals): NCHW convs, reshape max-pool, remat, bf16.
-    if want("variants") or want("bf16"):
+    if want("variants"):
         def forward_variant(wts, x, layout="NHWC", pool="reduce_window", dtype=jnp.float32):
             """The network with one implementation choice changed; same math as nst_jax.vgg.forward."""
             wanted = frozenset(objective.layers)
             last = max(vgg.layer_index(n) for n in wanted)
-            out, pos = {}, 0
+            out = {}
             x = x.astype(dtype)
             if layout == "NCHW":
                 x = jnp.transpose(x, (0, 3, 1, 2))
@@ -1132,46 +1131,45 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
             return c + s + objective.tv_weight * losses.tv_loss(x)
 
         w = {k: (v["kernel"], v["bias"]) for k, v in jparams["params"].items()}
-        if want("variants"):
-            variants = {}
-            base_terms, base_g = jax.jit(objective.value_and_grad)(jparams, x0, targets)
-            base_val, base_g = float(base_terms.total), np.asarray(base_g)
-            for name, kw in (("nhwc_reduce_window", {}), ("nchw", {"layout": "NCHW"}),
-                             ("nhwc_reshape_pool", {"pool": "reshape"}),
-                             ("nchw_reshape_pool", {"layout": "NCHW", "pool": "reshape"}),
-                             ("bf16_fp32_accum", {"dtype": jnp.bfloat16})):
-                f = jax.jit(jax.value_and_grad(functools.partial(loss_variant, **kw), argnums=1))
-                r = bench(f, w, x0, targets)
-                val, g = f(w, x0, targets)
-                r["loss_rel_diff"] = abs(float(val) - base_val) / abs(base_val)
-                r["grad_rel_diff"] = float(np.linalg.norm(np.asarray(g) - base_g) / np.linalg.norm(base_g))
-                variants[name] = r
-            res["variants"] = variants
+        variants = {}
+        base_terms, base_g = jax.jit(objective.value_and_grad)(jparams, x0, targets)
+        base_val, base_g = float(base_terms.total), np.asarray(base_g)
+        for name, kw in (("nhwc_reduce_window", {}), ("nchw", {"layout": "NCHW"}),
+                         ("nhwc_reshape_pool", {"pool": "reshape"}),
+                         ("nchw_reshape_pool", {"layout": "NCHW", "pool": "reshape"}),
+                         ("bf16_fp32_accum", {"dtype": jnp.bfloat16})):
+            f = jax.jit(jax.value_and_grad(functools.partial(loss_variant, **kw), argnums=1))
+            r = bench(f, w, x0, targets)
+            val, g = f(w, x0, targets)
+            r["loss_rel_diff"] = abs(float(val) - base_val) / abs(base_val)
+            r["grad_rel_diff"] = float(np.linalg.norm(np.asarray(g) - base_g) / np.linalg.norm(base_g))
+            variants[name] = r
+        res["variants"] = variants
 
-        if want("bf16"):
-            # The library's dtype="bfloat16" (VGG-19 in bf16; Grams, losses, L-BFGS in fp32) against float32:
-            # neural-style's L-BFGS from the same start, and the float32 objective's loss along both runs.
-            import dataclasses
+    if want("bf16"):
+        # The library's dtype="bfloat16" (VGG-19 in bf16; Grams, losses, L-BFGS in fp32) against float32:
+        # neural-style's L-BFGS from the same start, and the float32 objective's loss along both runs.
+        import dataclasses
 
-            from nst_jax.objective import make_targets
+        from nst_jax.objective import make_targets
 
-            inp = _load_inputs(Path(cfg["workdir"]), cfg["size"])
-            n_it = cfg.get("bf16_iterations", 50)
-            full = jax.jit(lambda x: objective.loss(jparams, x, targets).total)
-            bf = {}
-            for name in ("float32", "bfloat16"):
-                obj_dt = dataclasses.replace(objective, dtype=name)
-                t_dt = make_targets(obj_dt, jparams, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])])
-                stepper = optim.single_image_stepper(obj_dt, spec, jparams, t_dt, "auto")
-                state = stepper.init(x0)
-                curve = [float(full(state.x))]
-                for _ in range(n_it):
-                    state = stepper.advance(state, 1)
-                    curve.append(float(full(state.x)))
-                bf[name] = curve
-            bf["final_rel_diff"] = abs(bf["bfloat16"][-1] - bf["float32"][-1]) / abs(bf["float32"][-1])
-            bf["iterations"] = n_it
-            res["bf16_lbfgs"] = bf
+        inp = _load_inputs(Path(cfg["workdir"]), cfg["size"])
+        n_it = cfg.get("bf16_iterations", 50)
+        full = jax.jit(lambda x: objective.loss(jparams, x, targets).total)
+        bf = {}
+        for name in ("float32", "bfloat16"):
+            obj_dt = dataclasses.replace(objective, dtype=name)
+            t_dt = make_targets(obj_dt, jparams, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])])
+            stepper = optim.single_image_stepper(obj_dt, spec, jparams, t_dt, "auto")
+            state = stepper.init(x0)
+            curve = [float(full(state.x))]
+            for _ in range(n_it):
+                state = stepper.advance(state, 1)
+                curve.append(float(full(state.x)))
+            bf[name] = curve
+        bf["final_rel_diff"] = abs(bf["bfloat16"][-1] - bf["float32"][-1]) / abs(bf["float32"][-1])
+        bf["iterations"] = n_it
+        res["bf16_lbfgs"] = bf
 
     # remat: time and memory of the library's own option (fresh process would be cleaner; RSS is process-wide,
     # so the main benchmark's peak RSS figures are the ones to quote)
