@@ -24,7 +24,8 @@ Optimizers:
   unit steps (times the learning rate) with no line search, a first step of
   ``min(1, 1/|g|_1) * lr`` along ``-g``, the initial inverse Hessian
   ``y.s / y.y`` of the newest pair, and curvature pairs with ``y.s <= 1e-10``
-  skipped. Built on ``optax.scale_by_lbfgs``.
+  skipped; the two-loop recursion runs over the stored pairs only, and the
+  history buffers are updated in place (:func:`scale_by_lbfgs_neural_style`).
 * ``lbfgs`` with ``"zoom"``: ``optax.lbfgs`` with optax's zoom line search,
   started at step 1 and capped at 1 as ``jaxopt.LBFGS`` is (several loss
   evaluations per iteration, each inside a ``while_loop``).
@@ -90,54 +91,105 @@ class State(NamedTuple):
     done: jax.Array  # bool: converged (or non-finite); frozen from then on
 
 
-def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransformation:
-    """L-BFGS direction with torch.optim.LBFGS's conventions (no line search).
+class NeuralStyleLBFGSState(NamedTuple):
+    """State of :func:`scale_by_lbfgs_neural_style`. The memory is a ring buffer of ``memory_size`` pairs."""
 
-    Wraps ``optax.scale_by_lbfgs`` and changes two things to match PyTorch:
+    count: jax.Array  # int32: updates done (0 before the first)
+    params: Any  # the parameters and the gradient of the previous update
+    grads: Any
+    s_memory: Any  # (memory_size, ...) per leaf: steps s = x_k - x_{k-1}
+    y_memory: Any  # (memory_size, ...) per leaf: gradient differences y = g_k - g_{k-1}
+    rho_memory: jax.Array  # (memory_size,): 1 / y.s of each stored pair
+    stored: jax.Array  # int32: pairs stored (<= memory_size)
+    newest: jax.Array  # int32: slot of the newest stored pair
+    h_diag: jax.Array  # initial inverse Hessian y.s / y.y of the newest stored pair (1 before any)
 
-    * the first direction is ``min(1, 1/|g|_1) * g`` (PyTorch scales its first
-      step by the L1 norm; optax caps by the L2 norm);
-    * a curvature pair with ``y.s <= 1e-10`` is not learned from: the memory
-      and the initial scaling ``y.s / y.y`` stay those of the newest good
-      pair, as in PyTorch (checked against ``torch.optim.LBFGS`` in
-      tests/test_optim.py). On such a pair the inner transformation is called
-      as if one iteration earlier, with the newest stored pair as its pair: it
-      rewrites that pair into its own slot, so the memory and the count are
-      unchanged and no slot is spent on the skipped pair.
+
+def _vdot(a, b):
+    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransformationExtraArgs:
+    """L-BFGS direction of ``torch.optim.LBFGS`` without line search (chain with ``optax.scale(-lr)``).
+
+    The algorithm of torch/optim/lbfgs.py, step for step (checked against ``torch.optim.LBFGS`` in
+    tests/test_optim.py):
+
+    * the first direction is ``min(1, 1/|g|_1) * g`` (torch scales its first step by the L1 norm);
+    * a curvature pair ``(s, y)`` with ``y.s <= 1e-10`` is not stored, and the initial inverse Hessian
+      ``y.s / y.y`` stays that of the newest stored pair (1 before any);
+    * the two-loop recursion runs over the stored pairs only (torch's lists), newest first.
+
+    Memory: the two ring buffers of ``memory_size`` pairs are written in one slot per update and only
+    read otherwise, so a jitted step with donated state updates them in place (no copy of the history).
+
+    ``update(grads, state, params, frozen=None)``: with ``frozen`` true (a traced bool, e.g. an image of a
+    batch that has converged) the state is returned unchanged, without a full-buffer select.
     """
-    inner = optax.scale_by_lbfgs(memory_size=memory_size, scale_init_precond=True)
 
-    def update(grads, state, params):
-        s = optax.tree.sub(params, state.params)
-        y = optax.tree.sub(grads, state.updates)
-        bad = (state.count > 0) & (optax.tree.real(optax.tree.vdot(y, s)) <= _CURVATURE_EPS)
-        newest = (state.count - 2) % memory_size  # slot of the newest stored pair (optax writes pair k at k-1)
-        s_new = jax.tree.map(lambda m: m[newest], state.diff_params_memory)
-        y_new = jax.tree.map(lambda m: m[newest], state.diff_updates_memory)
-        where = lambda a, b: jax.tree.map(lambda u, v: jnp.where(bad, u, v), a, b)  # noqa: E731
-        shown = state._replace(
-            count=jnp.where(bad, state.count - 1, state.count),
-            params=where(optax.tree.sub(params, s_new), state.params),
-            updates=where(optax.tree.sub(grads, y_new), state.updates),
-        )
-        direction, new_state = inner.update(grads, shown, params)
-        # The rewritten pair equals the stored one up to rounding: keep the stored one exactly. Only the
-        # slot inner.update just wrote can differ, so select in that slot alone (not the whole history).
-        slot = (shown.count - 1) % memory_size
-        keep = lambda old, new: new.at[slot].set(jnp.where(bad, old[slot], new[slot]))  # noqa: E731
-        new_state = new_state._replace(
-            diff_params_memory=jax.tree.map(keep, state.diff_params_memory, new_state.diff_params_memory),
-            diff_updates_memory=jax.tree.map(keep, state.diff_updates_memory, new_state.diff_updates_memory),
-            weights_memory=keep(state.weights_memory, new_state.weights_memory),
-        )
-        # No good pair yet (the first pair was bad): PyTorch's direction is the plain gradient (H_diag = 1).
-        direction = jax.tree.map(lambda g, d: jnp.where(bad & (state.count == 1), g, d), grads, direction)
-        l1 = sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads))
-        first = optax.tree.scale(jnp.minimum(1.0, 1.0 / l1), grads)
-        direction = jax.tree.map(lambda a, b: jnp.where(state.count == 0, a, b), first, direction)
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        mem = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), p.dtype), params)
+        dtype = jax.tree.leaves(params)[0].dtype
+        return NeuralStyleLBFGSState(
+            count=jnp.zeros((), jnp.int32), params=zeros, grads=zeros, s_memory=mem,
+            y_memory=jax.tree.map(jnp.zeros_like, mem), rho_memory=jnp.zeros((memory_size,), dtype),
+            stored=jnp.zeros((), jnp.int32), newest=jnp.full((), memory_size - 1, jnp.int32),
+            h_diag=jnp.ones((), dtype))
+
+    def update(grads, state, params=None, frozen=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("scale_by_lbfgs_neural_style needs the current params.")
+        frozen = jnp.zeros((), bool) if frozen is None else jnp.asarray(frozen)
+        s = jax.tree.map(jnp.subtract, params, state.params)
+        y = jax.tree.map(jnp.subtract, grads, state.grads)
+        ys = _vdot(y, s)
+        learn = (state.count > 0) & (ys > _CURVATURE_EPS) & ~frozen
+        slot = jnp.where(learn, (state.newest + 1) % memory_size, state.newest)
+        # One dynamic-update-slice per buffer, of either the new pair or the slot's own content.
+        put = lambda mem, v: mem.at[slot].set(jnp.where(learn, v, mem[slot]))  # noqa: E731
+        s_mem = jax.tree.map(put, state.s_memory, s)
+        y_mem = jax.tree.map(put, state.y_memory, y)
+        rho_mem = put(state.rho_memory, 1.0 / ys)
+        stored = jnp.where(learn, jnp.minimum(state.stored + 1, memory_size), state.stored)
+        h_diag = jnp.where(learn, ys / _vdot(y, y), state.h_diag)
+
+        # Two-loop recursion over the stored pairs, as torch computes it with q = -g (here q = g: the
+        # result is the negated direction, with the same rounding). The buffers travel through the loops
+        # as loop state so that they are read in place and handed on as the new state.
+        def newest_first(k, carry):
+            q, al, s_m, y_m = carry
+            i = (slot - k) % memory_size
+            a = _vdot(jax.tree.map(lambda m: m[i], s_m), q) * rho_mem[i]
+            q = jax.tree.map(lambda u, m: u + (-a) * m[i], q, y_m)
+            return q, al.at[k].set(a), s_m, y_m
+
+        def oldest_first(j, carry):
+            r, al, s_m, y_m = carry
+            k = stored - 1 - j
+            i = (slot - k) % memory_size
+            be = _vdot(jax.tree.map(lambda m: m[i], y_m), r) * rho_mem[i]
+            r = jax.tree.map(lambda u, m: u + (al[k] - be) * m[i], r, s_m)
+            return r, al, s_m, y_m
+
+        al0 = jnp.zeros((memory_size,), rho_mem.dtype)
+        q, al, s_mem, y_mem = jax.lax.fori_loop(0, stored, newest_first, (grads, al0, s_mem, y_mem))
+        r = jax.tree.map(lambda u: u * h_diag, q)
+        r, _, s_mem, y_mem = jax.lax.fori_loop(0, stored, oldest_first, (r, al, s_mem, y_mem))
+
+        first = state.count == 0
+        scale = jnp.minimum(1.0, 1.0 / sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads)))
+        direction = jax.tree.map(lambda g, d: jnp.where(first, scale * g, d), grads, r)
+        keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(frozen, o, n), old, new)  # noqa: E731
+        new_state = NeuralStyleLBFGSState(
+            count=jnp.where(frozen, state.count, state.count + 1),
+            params=keep(state.params, params), grads=keep(state.grads, grads),
+            s_memory=s_mem, y_memory=y_mem, rho_memory=rho_mem, stored=stored,
+            newest=slot, h_diag=h_diag)
         return direction, new_state
 
-    return optax.GradientTransformation(inner.init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
@@ -202,6 +254,8 @@ def _converged(spec: SolverSpec, value, prev_value, grad):
 
 def step(objective: Objective, spec: SolverSpec, params, state: State, targets) -> State:
     """One optimizer iteration of one image (pure; vmap-able). A finished image is returned unchanged."""
+    # scale_by_lbfgs_neural_style freezes itself when told (see the end of this function).
+    frozen = {"frozen": state.done} if spec.optimizer == "lbfgs" and spec.linesearch == "none" else {}
     if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
         x, opt_state = _jaxopt_solver(objective, spec).update(state.x, state.opt_state, params, targets)
         terms, grad = opt_state.aux, opt_state.grad
@@ -212,12 +266,20 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets) 
                 state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
                 value_fn=lambda z: objective.loss(params, z, targets).total)
         else:
-            updates, opt_state = tx.update(state.grad, state.opt_state, state.x)
+            updates, opt_state = tx.update(state.grad, state.opt_state, state.x, **frozen)
         x = optax.apply_updates(state.x, updates)
         terms, grad = objective.value_and_grad(params, x, targets)
     done = _converged(spec, terms.total, state.terms.total, grad) | ~jnp.isfinite(terms.total)
     new = State(x, opt_state, terms, grad, state.iteration + 1, done)
-    return jax.tree.map(lambda old, n: jnp.where(state.done, old, n), state, new)
+    # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select
+    # of its whole history buffers here would make XLA keep a second copy of them.
+    self_frozen = lambda n: bool(frozen) and isinstance(n, NeuralStyleLBFGSState)  # noqa: E731
+    return jax.tree.map(lambda old, n: n if self_frozen(n) else _keep_if(state.done, old, n),
+                        state, new, is_leaf=self_frozen)
+
+
+def _keep_if(done, old, new):
+    return jax.tree.map(lambda o, n: jnp.where(done, o, n), old, new)
 
 
 def steps(objective: Objective, spec: SolverSpec, params, state: State, targets, n) -> State:
