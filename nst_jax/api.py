@@ -144,10 +144,10 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
-    plan = stages(s)
+    plan = coarse_to_fine(s)
     history: list[optim.Record] = []
     snapshots: list[Path] = []
-    bar = _progress_bar(sum(n for _, n in plan)) if progress else None
+    bar = _progress_bar(sum(st.iterations for st in plan)) if progress else None
     t_start = time.perf_counter()
 
     def on_stop(state: optim.State, elapsed: float, *, offset: int, size: int, last: bool, t_stage: float) -> None:
@@ -172,17 +172,16 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     x, offset = None, 0
     try:
-        for k, (size, n_iter) in enumerate(plan):
-            last = k == len(plan) - 1
-            stage_content, stage_styles = (content_img, styles) if last else stage_images(content_img, styles,
-                                                                                          size, s)
+        for stage in plan:
+            stage_content, stage_styles = stage.images(content_img, styles, s)
             targets = make_targets(objective, params, vgg.preprocess(jnp.asarray(stage_content)),
                                    [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights)
             x0 = initial_image(s, stage_content, stage_styles) if x is None else upsample(x, stage_content.shape[:2])
             stepper = optim.single_image_stepper(objective, spec, params, targets, s.loop)
+            n_iter = stage.iterations
             state = optim.run(stepper, x0, n_iter, chunk_size=s.chunk_size,
-                              stops=optim.checkpoints(n_iter, s.print_every, s.save_every if last else 0),
-                              on_stop=functools.partial(on_stop, offset=offset, size=size, last=last,
+                              stops=optim.checkpoints(n_iter, s.print_every, s.save_every if stage.last else 0),
+                              on_stop=functools.partial(on_stop, offset=offset, size=stage.size, last=stage.last,
                                                         t_stage=time.perf_counter()))
             x, offset = state.x, offset + int(state.iteration)
     finally:
@@ -193,6 +192,27 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
                                                         "loss": result.loss})
     return result
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a stylization: the long side, its iterations, and whether it is the last (full size)."""
+
+    size: int
+    iterations: int
+    last: bool
+
+    def images(self, content_img: np.ndarray, styles: list[np.ndarray],
+               s: Settings) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The stage's content and style images: the full-size ones at the last stage, else resized."""
+        return (content_img, styles) if self.last else stage_images(content_img, styles, self.size, s)
+
+
+def coarse_to_fine(s: Settings) -> list[Stage]:
+    """The stages of a stylization (:func:`nst_jax.config.stages`): each stage after the first starts from
+    the previous one's result upsampled (:func:`upsample`); one stage without ``scales``."""
+    plan = stages(s)
+    return [Stage(size, n, k == len(plan) - 1) for k, (size, n) in enumerate(plan)]
 
 
 def stage_images(content_img: np.ndarray, styles: list[np.ndarray], size: int,

@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from nst_jax import api, images, optim, vgg
 from nst_jax import objective as objective_mod
-from nst_jax.config import Settings, stages
+from nst_jax.config import Settings
 from nst_jax.objective import Objective
 
 __all__ = [
@@ -476,7 +476,6 @@ class BatchStylizer:
             ``(indices, outcomes, seconds)`` per compiled batch, in bucket order: the input positions, a
             :class:`nst_jax.Result` or the exception that failed that image alone, and the batch's wall time.
         """
-        s = self.settings
         n = len(contents)
         style_indices = list(style_indices) if style_indices is not None else [0] * n
         labels = list(labels) if labels is not None else [f"content image {i}" for i in range(n)]
@@ -502,16 +501,13 @@ class BatchStylizer:
 
     def _run_chunk(self, chunk, contents, style_indices, labels, style_batched, on_stop):
         s = self.settings
-        plan = stages(s)
         histories: list[list[optim.Record]] = [[] for _ in chunk]
         errors: list[Exception | None] = [None] * len(chunk)
         offsets = [0] * len(chunk)
         x = None
-        for k, (size, n_iter) in enumerate(plan):
-            if k == len(plan) - 1:
-                stage = [(contents[i], self.styles[style_indices[i]]) for i in chunk]
-            else:  # a coarse-to-fine stage: the same images at long side `size`, as nst_jax.stylize makes them
-                stage = [api.stage_images(contents[i], self.styles[style_indices[i]], size, s) for i in chunk]
+        for scale in api.coarse_to_fine(s):  # the stages of nst_jax.stylize, with its images at each
+            size, n_iter = scale.size, scale.iterations
+            stage = [scale.images(contents[i], self.styles[style_indices[i]], s) for i in chunk]
             targets = [self._targets(c, style_indices[i], st) for i, (c, st) in zip(chunk, stage)]
             batched = {"content": jax.tree.map(lambda *a: jnp.stack(a), *[t["content"] for t in targets]),
                        "style": (jax.tree.map(lambda *a: jnp.stack(a), *[t["style"] for t in targets])

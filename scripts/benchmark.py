@@ -522,12 +522,9 @@ def worker_torch_ttl(cfg: dict) -> dict:
 def worker_jax_ttl(cfg: dict) -> dict:
     """nst_jax's L-BFGS (default loop) from x0 until the loss is <= the target: iterations and warm seconds."""
     import jax
-
-    from nst_jax import optim
-
     import jax.numpy as jnp
 
-    from nst_jax import api, vgg
+    from nst_jax import api, optim, vgg
     from nst_jax.objective import make_targets
 
     clock = _CompileClock()
@@ -1229,19 +1226,14 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
         obj_r = dataclasses.replace(objective, remat=True)
         res["remat_vg"] = bench(lambda p, x, t: obj_r.value_and_grad(p, x, t), jparams, x0, targets)
 
-    # L-BFGS overhead beyond one value+grad: the library's step vs variants of the optimizer state handling.
+    # L-BFGS overhead beyond one value+grad: the library's step with and without donation, history 100 and 10.
     if want("lbfgs"):
-        import optax
-
-        from nst_jax.optim import State
-
-        def step_time(spec_, step_fn, donate=True, n_check=0):
+        def step_time(spec_, donate=True):
             state = optim._init_jit(objective, spec_, jparams, x0, targets)
-            f = jax.jit(step_fn, donate_argnums=(0,) if donate else ())
-            xs = []
-            for _ in range(max(2, n_check)):
+            f = jax.jit(lambda s: optim.step(objective, spec_, jparams, s, targets),
+                        donate_argnums=(0,) if donate else ())
+            for _ in range(2):
                 state = jax.block_until_ready(f(state))
-                xs.append(np.asarray(state.x))
             ts = []
             for _ in range(R):
                 t0 = time.perf_counter()
@@ -1249,88 +1241,13 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
                     state = f(state)
                 jax.block_until_ready(state)
                 ts.append((time.perf_counter() - t0) / cfg["iters"])
-            return _median(ts), xs
+            return _median(ts), int(state.opt_state[0].stored)
 
-        def unselected_step(s, spec_=spec):
-            """optim.step without its final whole-state ``jnp.where(done, old, new)``."""
-            updates, opt_state = optim._transformation(spec_).update(s.grad, s.opt_state, s.x)
-            x = s.x + updates
-            terms, grad = objective.value_and_grad(jparams, x, targets)
-            return State(x, opt_state, terms, grad, s.iteration + 1, s.done)
-
-        def cond_step(s):
-            """A finished image kept by ``lax.cond`` (the unbatched stepper) instead of a whole-state select."""
-            return jax.lax.cond(s.done, lambda s: s, unselected_step, s)
-
-        def slot_select_lbfgs(memory_size: int = 100):
-            """The library's scale_by_lbfgs_neural_style with the skipped-pair restore done on one memory slot
-            (a dynamic-update-slice, in place under donation) instead of a select over all 2 x m slots."""
-            inner = optax.scale_by_lbfgs(memory_size=memory_size, scale_init_precond=True)
-
-            def update(grads, state, params):
-                s_ = optax.tree.sub(params, state.params)
-                y = optax.tree.sub(grads, state.updates)
-                bad = (state.count > 0) & (optax.tree.real(optax.tree.vdot(y, s_)) <= optim._CURVATURE_EPS)
-                newest = (state.count - 2) % memory_size
-                s_new = jax.tree.map(lambda m: m[newest], state.diff_params_memory)
-                y_new = jax.tree.map(lambda m: m[newest], state.diff_updates_memory)
-                where = lambda a, b: jax.tree.map(lambda u, v: jnp.where(bad, u, v), a, b)  # noqa: E731
-                shown = state._replace(count=jnp.where(bad, state.count - 1, state.count),
-                                       params=where(optax.tree.sub(params, s_new), state.params),
-                                       updates=where(optax.tree.sub(grads, y_new), state.updates))
-                direction, new_state = inner.update(grads, shown, params)
-                slot = (shown.count - 1) % memory_size  # the slot inner.update just wrote
-                fix = lambda old, new: new.at[slot].set(jnp.where(bad, old[slot], new[slot]))  # noqa: E731
-                new_state = new_state._replace(
-                    diff_params_memory=jax.tree.map(fix, state.diff_params_memory, new_state.diff_params_memory),
-                    diff_updates_memory=jax.tree.map(fix, state.diff_updates_memory, new_state.diff_updates_memory),
-                    weights_memory=fix(state.weights_memory, new_state.weights_memory))
-                direction = jax.tree.map(lambda g, d: jnp.where(bad & (state.count == 1), g, d), grads, direction)
-                l1 = sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads))
-                first = optax.tree.scale(jnp.minimum(1.0, 1.0 / l1), grads)
-                direction = jax.tree.map(lambda a, b: jnp.where(state.count == 0, a, b), first, direction)
-                return direction, new_state
-
-            return optax.GradientTransformation(inner.init, update)
-
-        def slot_frozen_step(s):
-            """Same semantics as optim.step (a done image is frozen) without the whole-state select: the small
-            leaves are selected; the two history buffers, which this iteration changed in one slot only,
-            get that slot restored (a dynamic-update-slice)."""
-            new = unselected_step(s)
-            lstate, new_lstate = s.opt_state[0], new.opt_state[0]
-            slot = (new_lstate.count - 2) % spec.history  # the slot this update wrote
-            fix = lambda old, n: n.at[slot].set(jnp.where(s.done, old[slot], n[slot]))  # noqa: E731
-            mem = {k: fix(getattr(lstate, k), getattr(new_lstate, k))
-                   for k in ("diff_params_memory", "diff_updates_memory", "weights_memory")}
-            small = lambda o, n: jax.tree.map(lambda a, b: jnp.where(s.done, a, b), o, n)  # noqa: E731
-            lnew = small(lstate._replace(diff_params_memory=0, diff_updates_memory=0, weights_memory=0),
-                         new_lstate._replace(diff_params_memory=0, diff_updates_memory=0, weights_memory=0))
-            opt_state = (lnew._replace(**mem),) + tuple(small(s.opt_state[1:], new.opt_state[1:]))
-            rest = small(s._replace(opt_state=()), new._replace(opt_state=()))
-            return rest._replace(opt_state=opt_state)
-
-        lib = lambda s: optim.step(objective, spec, jparams, s, targets)  # noqa: E731
         spec10 = optim.SolverSpec(history=10)
-        n_check = 6
-        t_lib, x_lib = step_time(spec, lib, n_check=n_check)
-        lb = {"library_step_h100": t_lib,
-              "library_step_h100_no_donation": step_time(spec, lib, donate=False)[0],
-              "library_step_h10": step_time(spec10, lambda s: optim.step(objective, spec10, jparams, s, targets))[0],
-              "no_done_select_h100": step_time(spec, unselected_step)[0],
-              "cond_done_h100": step_time(spec, cond_step)[0]}
-        original = optim.scale_by_lbfgs_neural_style
-        optim.scale_by_lbfgs_neural_style = slot_select_lbfgs  # this worker process only
-        try:
-            lb["slot_select_h100"], x_slot = step_time(spec, lib, n_check=n_check)
-            lb["slot_select_cond_done_h100"], x_both = step_time(spec, cond_step, n_check=n_check)
-            lb["slot_select_slot_frozen_h100"], x_frozen = step_time(spec, slot_frozen_step, n_check=n_check)
-        finally:
-            optim.scale_by_lbfgs_neural_style = original
-        rel = lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))  # noqa: E731
-        lb["slot_select_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_slot, x_lib))
-        lb["slot_select_cond_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_both, x_lib))
-        lb["slot_select_slot_frozen_max_x_rel_diff"] = max(rel(a, b) for a, b in zip(x_frozen, x_lib))
+        lb = {}
+        lb["library_step_h100"], lb["stored_pairs_h100"] = step_time(spec)
+        lb["library_step_h100_no_donation"] = step_time(spec, donate=False)[0]
+        lb["library_step_h10"] = step_time(spec10)[0]
         lb["history_mb_h100"] = 2 * 100 * x0.size * 4 / 2**20
         lb["overhead_vs_vg_h100"] = lb["library_step_h100"] - res["vg"]["s"]
         res["lbfgs"] = lb
