@@ -213,7 +213,8 @@ def _jax_problem(cfg: dict, optimizer: str = "lbfgs"):
     inp = _load_inputs(workdir, cfg["size"])
     settings = nst_jax.Settings(image_size=cfg["size"], weights="random", optimizer=optimizer,
                                 precision=cfg.get("precision"), remat=cfg.get("remat", False),
-                                dtype=cfg.get("dtype", "float32"), conv_algorithm=cfg.get("conv_algorithm", "direct"))
+                                dtype=cfg.get("dtype", "float32"), conv_algorithm=cfg.get("conv_algorithm", "direct"),
+                                lbfgs_linesearch=cfg.get("linesearch", "none"))
     objective = Objective.from_settings(settings)
     targets = make_targets(objective, params, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])])
     spec = optim.SolverSpec.from_settings(settings)
@@ -575,7 +576,8 @@ def worker_jax_ttl(cfg: dict) -> dict:
             break
     elapsed = time.perf_counter() - t0
     return {"target_loss": target, "reached": reached is not None, "iterations": it, "seconds": elapsed,
-            "compile_s": compile_s, "loop": optim.default_loop(), "losses": losses, "coarse": coarse,
+            "compile_s": compile_s, "loop": optim.default_loop(), "linesearch": settings.lbfgs_linesearch,
+            "losses": losses, "coarse": coarse,
             "coarse_seconds": coarse_s if coarse else None, "coarse_final_loss": coarse_loss,
             "loss_at_100": losses[100] if len(losses) > 100 else None}
 
@@ -779,9 +781,11 @@ def run_benchmark(args) -> dict:
                     r["torch_ttl"] = spawn({**cfg, "kind": "torch_ttl", "ttl_iterations": 100})
                     ttl = {**cfg, "kind": "jax_ttl", "target_loss": r["torch_ttl"]["loss"],
                            "max_iterations": args.ttl_max_iterations}
-                    r["jax_ttl"] = spawn(ttl)
-                    for n in args.ttl_coarse_iterations:  # coarse-to-fine: `n` iterations at half size first
-                        r[f"jax_ttl_c2f_{n}"] = spawn({**ttl, "coarse": [size // 2, n]})
+                    for ls in args.ttl_linesearch:  # nst_jax's L-BFGS variants (Settings.lbfgs_linesearch)
+                        key = "jax_ttl" if ls == "none" else f"jax_ttl_{ls}"
+                        r[key] = spawn({**ttl, "linesearch": ls})
+                        for n in args.ttl_coarse_iterations:  # coarse-to-fine: `n` iterations at half size first
+                            r[f"{key}_c2f_{n}"] = spawn({**ttl, "linesearch": ls, "coarse": [size // 2, n]})
             result["sizes"][size] = r
             _derive(r, peak, args.peak_gflops)
     result["targets"] = _targets(result, gpu)
@@ -826,7 +830,7 @@ def _derive(r: dict, peak_measured: float, peak_given: float | None) -> None:
         d["torch_lbfgs_h100_est_s"] = r["torch_vg"]["seconds"] + r["torch_lbfgs_h100"]["seconds_per_iter_h100"]
         d["jax_lbfgs_h100_est_s"] = vg["seconds"] + r["jax_lbfgs_h100"]["seconds_per_iter_h100"]
         d["ratio_lbfgs_h100"] = _ratio(d["jax_lbfgs_h100_est_s"], d["torch_lbfgs_h100_est_s"])
-    if "jax_ttl" in r:
+    if "torch_ttl" in r:
         t = r["torch_ttl"]
         for key in [k for k in r if k.startswith("jax_ttl")]:
             j = r[key]
@@ -966,6 +970,8 @@ def markdown(result: dict) -> str:
             j, tt = r[key], r["torch_ttl"]
             how = (f"coarse-to-fine: {j['coarse'][1]} it at {j['coarse'][0]} px, then" if j.get("coarse")
                    else "one scale:")
+            if j.get("linesearch", "none") != "none":
+                how = f"L-BFGS with {j['linesearch']} line search, {how}"
             lines.append(f"| time to PyTorch's {tt['iterations']}-iteration loss {tt['loss']:.6g} (s), {how} | "
                          f"{_f(j['seconds'])} ({j['iterations']} it at {size} px"
                          f"{'' if j['reached'] else ', NOT reached'}) | "
@@ -1330,6 +1336,9 @@ def parse_args(argv=None):
                    help="(with --reference torch) time for nst_jax to reach PyTorch's 100-iteration L-BFGS loss; slow")
     p.add_argument("--ttl-max-iterations", type=int, default=200, help="give up time-to-loss after this many")
     p.add_argument("--ttl-sizes", type=int, nargs="+", default=None, help="time-to-loss only at these sizes")
+    p.add_argument("--ttl-linesearch", nargs="+", default=["none"], choices=["none", "zoom", "backtracking"],
+                   help="time-to-loss with these L-BFGS variants (Settings.lbfgs_linesearch; 'none' is "
+                        "neural-style's, the same algorithm as PyTorch's)")
     p.add_argument("--ttl-coarse-iterations", type=int, nargs="*", default=[50],
                    help="also time coarse-to-fine: this many iterations at half size first (one run per value)")
     p.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 peak, if known")
