@@ -27,8 +27,9 @@ Optimizers:
   skipped; the two-loop recursion runs over the stored pairs only, and the
   history buffers are updated in place (:func:`scale_by_lbfgs_neural_style`).
 * ``lbfgs`` with ``"zoom"``: ``optax.lbfgs`` with optax's zoom line search,
-  started at step 1 and capped at 1 as ``jaxopt.LBFGS`` is (several loss
-  evaluations per iteration, each inside a ``while_loop``).
+  started at step 1 and capped at 1 as ``jaxopt.LBFGS`` is; the first trial
+  is evaluated outside any loop and, when accepted (most iterations), is the
+  iteration's only evaluation (:func:`scale_by_zoom_linesearch_first_trial`).
 * ``lbfgs`` with ``"backtracking"``: the direction of ``"none"`` (pairs with
   ``y.s <= 1e-10`` skipped) with optax's Armijo backtracking line search.
 * ``lbfgs`` with ``"jaxopt"``: ``jaxopt.LBFGS`` (zoom line search) with the
@@ -192,19 +193,84 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+class ZoomFirstTrialState(NamedTuple):
+    """State of :func:`scale_by_zoom_linesearch_first_trial`: optax's, plus the loss terms at the new point."""
+
+    zoom: optax.ScaleByZoomLinesearchState  # learning_rate, value and grad at the new point, info
+    terms: Terms
+
+
+def scale_by_zoom_linesearch_first_trial(max_linesearch_steps: int, slope_rtol: float = 1e-4,
+                                         curv_rtol: float = 0.9,
+                                         approx_dec_rtol: float = 1e-6) -> optax.GradientTransformationExtraArgs:
+    """optax's zoom line search, started at step 1 and capped at 1, with its first trial outside any loop.
+
+    optax evaluates every trial inside a ``while_loop``, where XLA:CPU's convolutions run several times
+    slower (see the module docstring), and the step then evaluates the accepted point once more. Most
+    L-BFGS iterations accept the quasi-Newton step 1 at the first trial, so here that trial is computed in
+    straight-line code, loss terms included, and accepted by optax's own rule for this setup (sufficient
+    decrease, with the approximate-Wolfe alternative, and either the curvature condition or a slope that is
+    still negative at the cap). Only a rejected trial runs ``optax.scale_by_zoom_linesearch`` (from the
+    start, as it would have), in a ``while_loop`` that otherwise runs zero times, under ``vmap`` too. The
+    iterates are optax's; the value, gradient and terms at the new point are in the state
+    (``.zoom.value``, ``.zoom.grad``, ``.terms``).
+
+    ``update`` takes ``value``/``grad`` at ``params``, ``value_fn`` (the scalar loss) and
+    ``terms_and_grad_fn`` (``z -> (terms, grad)``, ``terms.total`` the loss).
+    """
+    zoom = optax.scale_by_zoom_linesearch(max_linesearch_steps, max_learning_rate=1.0, slope_rtol=slope_rtol,
+                                          curv_rtol=curv_rtol, approx_dec_rtol=approx_dec_rtol,
+                                          initial_guess_strategy="one")
+
+    def init(params):
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return ZoomFirstTrialState(zoom.init(params), Terms(nan, nan, nan, nan))
+
+    def update(updates, state, params, *, value, grad, value_fn, terms_and_grad_fn):
+        # The first trial, step 1, and optax's errors for it (zoom_linesearch's decrease/curvature errors).
+        terms, new_grad = terms_and_grad_fn(optax.apply_updates(params, updates))
+        slope_init = optax.tree.real(optax.tree.vdot(updates, grad))
+        slope = optax.tree.real(optax.tree.vdot(new_grad, updates))
+        decrease = terms.total - value - slope_rtol * slope_init
+        approx = jnp.maximum(slope - (2 * slope_rtol - 1.0) * slope_init,
+                             terms.total - value - approx_dec_rtol * jnp.abs(value))
+        decrease = jnp.maximum(jnp.minimum(approx, decrease), 0.0)
+        curvature = jnp.maximum(jnp.abs(slope) - curv_rtol * jnp.abs(slope_init), 0.0)
+        decrease, curvature = (jnp.where(jnp.isnan(e), jnp.inf, e) for e in (decrease, curvature))
+        # optax stops after this trial when both errors are 0, or when the decrease holds, the cap 1 is
+        # reached and the slope is still negative (no interval found).
+        accepted = (decrease <= 0.0) & ((curvature <= 0.0) | (slope < 0.0))
+        info = state.zoom.info._replace(num_linesearch_steps=jnp.ones_like(state.zoom.info.num_linesearch_steps),
+                                        decrease_error=decrease, curvature_error=curvature)
+        first = ZoomFirstTrialState(optax.tree.cast_like(
+            state.zoom._replace(learning_rate=jnp.ones_like(state.zoom.learning_rate), value=terms.total,
+                                grad=new_grad, info=info), state.zoom), terms)
+
+        def search(carry):
+            _, out = carry
+            scaled, zoom_state = zoom.update(updates, state.zoom, params, value=value, grad=grad, value_fn=value_fn)
+            t, g = terms_and_grad_fn(optax.apply_updates(params, scaled))
+            return jnp.ones_like(accepted), out._replace(
+                zoom=optax.tree.cast_like(zoom_state._replace(value=t.total, grad=g), out.zoom), terms=t)
+
+        _, new_state = jax.lax.while_loop(lambda c: ~c[0], search, (accepted, first))
+        return optax.tree.scale(new_state.zoom.learning_rate, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
     if spec.optimizer == "adam":
         return optax.adam(spec.learning_rate, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
     if spec.linesearch == "none":
         return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate))
     if spec.linesearch == "zoom":
-        # optax.lbfgs as it comes, with the line search set up as jaxopt.LBFGS's (see _jaxopt_solver): try the
-        # quasi-Newton step 1 first and never go beyond it. optax's default zoom may extrapolate past 1; then
-        # 'zoom' and 'jaxopt' are no longer the same algorithm (measured: 26% apart after 50 iterations).
-        ls = optax.scale_by_zoom_linesearch(max_linesearch_steps=_MAX_LINESEARCH_STEPS, initial_guess_strategy="one",
-                                            max_learning_rate=1.0)
-        return optax.lbfgs(learning_rate=spec.learning_rate if spec.learning_rate != 1.0 else None,
-                           memory_size=spec.history, linesearch=ls)
+        # optax.lbfgs (direction, scaling), with the line search set up as jaxopt.LBFGS's (see _jaxopt_solver):
+        # try the quasi-Newton step 1 first and never go beyond it. optax's default zoom may extrapolate past
+        # 1; then 'zoom' and 'jaxopt' are no longer the same algorithm (measured: 26% apart after 50 iterations).
+        scaling = optax.scale(-1.0) if spec.learning_rate == 1.0 else optax.scale_by_learning_rate(spec.learning_rate)
+        return optax.chain(optax.scale_by_lbfgs(memory_size=spec.history), scaling,
+                           scale_by_zoom_linesearch_first_trial(_MAX_LINESEARCH_STEPS))
     if spec.linesearch == "backtracking":
         # The loss used to freeze here, for two reasons:
         # * optax.lbfgs keeps curvature pairs with y.s < 0 (only a Wolfe line search rules them out, and
@@ -261,14 +327,23 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets) 
         terms, grad = opt_state.aux, opt_state.grad
     else:
         tx = _transformation(spec)
-        if spec.optimizer == "lbfgs" and spec.linesearch != "none":
+        if spec.optimizer == "lbfgs" and spec.linesearch == "zoom":
+            # The line search returns the terms and gradient at the point it accepts.
             updates, opt_state = tx.update(
                 state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
-                value_fn=lambda z: objective.loss(params, z, targets).total)
+                value_fn=lambda z: objective.loss(params, z, targets).total,
+                terms_and_grad_fn=lambda z: objective.value_and_grad(params, z, targets))
+            x = optax.apply_updates(state.x, updates)
+            terms, grad = opt_state[-1].terms, opt_state[-1].zoom.grad
         else:
-            updates, opt_state = tx.update(state.grad, state.opt_state, state.x, **frozen)
-        x = optax.apply_updates(state.x, updates)
-        terms, grad = objective.value_and_grad(params, x, targets)
+            if spec.optimizer == "lbfgs" and spec.linesearch != "none":
+                updates, opt_state = tx.update(
+                    state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
+                    value_fn=lambda z: objective.loss(params, z, targets).total)
+            else:
+                updates, opt_state = tx.update(state.grad, state.opt_state, state.x, **frozen)
+            x = optax.apply_updates(state.x, updates)
+            terms, grad = objective.value_and_grad(params, x, targets)
     done = _converged(spec, terms.total, state.terms.total, grad) | ~jnp.isfinite(terms.total)
     new = State(x, opt_state, terms, grad, state.iteration + 1, done)
     # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select

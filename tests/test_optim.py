@@ -327,6 +327,102 @@ def test_lbfgs_line_search_variants():
     assert abs(final["zoom"] - final["jaxopt"]) / min(final["zoom"], final["jaxopt"]) < 0.05, final
 
 
+def _optax_zoom_iterates(f, x0, steps, lr=1.0):
+    """optax.lbfgs with optax's zoom line search as 'zoom' sets it up, driven as optax documents it."""
+    ls = optax.scale_by_zoom_linesearch(optim._MAX_LINESEARCH_STEPS, max_learning_rate=1.0,
+                                        initial_guess_strategy="one")
+    tx = optax.lbfgs(learning_rate=None if lr == 1.0 else lr, memory_size=5, linesearch=ls)
+    value_and_grad = optax.value_and_grad_from_state(f)
+
+    @jax.jit
+    def update(x, state):
+        value, grad = value_and_grad(x, state=state)
+        updates, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=f)
+        return optax.apply_updates(x, updates), state
+
+    x, state, xs, trials = jnp.asarray(x0), tx.init(jnp.asarray(x0)), [], []
+    for _ in range(steps):
+        x, state = update(x, state)
+        xs.append(np.asarray(x))
+        trials.append(int(optax.tree.get(state, "num_linesearch_steps")))
+    return np.array(xs), trials
+
+
+def _rosenbrock(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+ZOOM_CASES = {  # optax's zoom rejects the first trial at some iterations of each (asserted)
+    "quadratic": LBFGS_CASES["quadratic"][:3],
+    "negative-curvature-mid-run": LBFGS_CASES["negative-curvature-mid-run"][:3],
+    "rosenbrock": (_rosenbrock, np.array([-1.2, 1.0, -0.5, 0.8, 1.5]), 1.0),
+}
+
+
+@pytest.mark.parametrize("case", ZOOM_CASES)
+def test_zoom_first_trial_outside_the_loop_equals_optax_zoom(case):
+    """'zoom' evaluates the first trial itself and runs optax's search only when optax would go on: the same
+    iterates as optax.lbfgs + optax's zoom, with both paths taken along the way; the step's terms and
+    gradient are the loss at the new point."""
+    f, x0, lr = ZOOM_CASES[case]
+    n = 15
+    with jax.enable_x64(True):  # the same arithmetic in a different order: equal to float64 rounding
+        expected, trials = _optax_zoom_iterates(f, x0, n, lr)
+        assert 1 in trials and max(trials) > 1, trials  # the first trial accepted and rejected at least once
+
+        def terms_and_grad(z):
+            value, grad = jax.value_and_grad(f)(z)
+            return Terms(value, value, jnp.zeros_like(value), jnp.zeros_like(value)), grad
+
+        tx = optim._transformation(optim.SolverSpec(linesearch="zoom", learning_rate=lr, history=5))
+
+        @jax.jit
+        def update(x, state, value, grad):
+            updates, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=f,
+                                       terms_and_grad_fn=terms_and_grad)
+            return optax.apply_updates(x, updates), state
+
+        x = jnp.asarray(x0)
+        state, (value, grad) = tx.init(x), jax.value_and_grad(f)(x)
+        ours = []
+        for _ in range(n):
+            x, state = update(x, state, value, grad)
+            value, grad = state[-1].terms.total, state[-1].zoom.grad
+            np.testing.assert_allclose(value, f(x), rtol=1e-12)
+            np.testing.assert_allclose(grad, jax.grad(f)(x), rtol=1e-10, atol=1e-12)
+            ours.append(np.asarray(x))
+        np.testing.assert_allclose(np.array(ours), expected, rtol=1e-10, atol=1e-12)
+
+        # Under vmap, with the members' first trials accepted and rejected at different iterations.
+        other = np.asarray(x0)[::-1] * 0.7
+        expected_other, trials_other = _optax_zoom_iterates(f, other, n, lr)
+        assert trials_other != trials, (trials, trials_other)
+        xb = jnp.stack([jnp.asarray(x0), jnp.asarray(other)])
+        sb, (vb, gb) = jax.vmap(tx.init)(xb), jax.vmap(jax.value_and_grad(f))(xb)
+        batched = jax.jit(jax.vmap(update))
+        for i in range(n):
+            xb, sb = batched(xb, sb, vb, gb)
+            vb, gb = sb[-1].terms.total, sb[-1].zoom.grad
+            np.testing.assert_allclose(xb, np.stack([expected[i], expected_other[i]]), rtol=1e-8, atol=1e-10)
+
+
+def test_zoom_step_evaluates_the_loss_once_outside_loops():
+    """The 'zoom' step's jaxpr holds as many convolutions outside loops as the 'none' step (one value+grad:
+    the first trial); optax's search and the re-evaluation after it sit inside a while loop."""
+    obj, params, targets, x0, _ = problem(**LS)
+
+    def top_level(spec):
+        state = optim.init(obj, spec, params, x0, targets)
+        eqns = jax.make_jaxpr(lambda st: optim.step(obj, spec, params, st, targets))(state).jaxpr.eqns
+        return (sum(e.primitive.name == "conv_general_dilated" for e in eqns),
+                [e for e in eqns if e.primitive.name == "while"])
+
+    none_convs, _ = top_level(optim.SolverSpec())
+    zoom_convs, zoom_loops = top_level(optim.SolverSpec(linesearch="zoom"))
+    assert none_convs > 0 and zoom_convs == none_convs, (zoom_convs, none_convs)
+    assert any("conv_general_dilated" in str(e.params["body_jaxpr"]) for e in zoom_loops)
+
+
 def test_backtracking_shrinks_a_direction_far_too_long():
     """A first step 500x too long must still be cut down to a decrease (optax's defaults reach only 1/87)."""
     def f(x):
