@@ -37,7 +37,9 @@ Verification (unless ``--no-verify``): at each size found, a fresh process runs 
 (random weights, random content and style images of that shape) for ``--verify-iterations`` iterations
 and reports its real peak: the RSS high-water mark on CPU (of the whole process, compilation
 included, and of the run alone after a warm-up stylization compiled everything), the device's
-``peak_bytes_in_use`` on GPUs. It fits when the measured peak is within the budget.
+``peak_bytes_in_use`` on GPUs. It fits when the measured peak is within the budget; when it does not,
+smaller sizes (``--step`` at a time) are run until one fits, and that size is reported as the largest
+that ran within the budget.
 
 Default budget: the device's memory available to JAX (``bytes_limit`` of its allocator) on GPUs, the
 machine's RAM on CPU. Every ``nst_jax.Settings`` field is a flag (``--optimizer adam``,
@@ -453,24 +455,43 @@ def run(args) -> dict:
             rows.append(row)
 
     verified: dict[tuple, dict] = {}
+
+    def verify(size: int, remat: bool) -> dict:
+        if (size, remat) not in verified:
+            verified[size, remat] = spawn({"kind": "verify", "size": size, "remat": remat, "aspect": aspect,
+                                           "iterations": args.verify_iterations, "settings": settings.to_dict()})
+        return verified[size, remat]
+
+    def measured(v: dict) -> float | None:
+        return None if "error" in v else (v.get("device_peak_mb") if gpu else v["peak_rss_mb"])
+
     for row in rows:
-        row["verify"], row["measured_mb"], row["fits"] = None, None, None
+        row["verify"], row["measured_mb"], row["fits"], row["verified_size"] = None, None, None, None
         if args.no_verify or row["size"] is None:
             continue
         if args.verify_max_size and row["size"] > args.verify_max_size:
             row["verify"] = {"skipped": f"above --verify-max-size {args.verify_max_size}"}
             continue
-        key = (row["size"], row["remat"])
-        if key not in verified:
-            verified[key] = spawn({"kind": "verify", "size": row["size"], "remat": row["remat"], "aspect": aspect,
-                                   "iterations": args.verify_iterations, "settings": settings.to_dict()})
-        v = row["verify"] = verified[key]
-        if "error" not in v:
-            row["measured_mb"] = v.get("device_peak_mb") if gpu else v["peak_rss_mb"]
-            row["fits"] = row["measured_mb"] is not None and row["measured_mb"] <= row["budget_mb"]
-            if row["measured_mb"] is not None:
-                row["measured_minus_estimated_mb"] = round(row["measured_mb"] - row["estimated_mb"], 1)
+        v = row["verify"] = verify(row["size"], row["remat"])
+        row["measured_mb"] = measured(v)
+        if row["measured_mb"] is not None:
+            row["fits"] = row["measured_mb"] <= row["budget_mb"]
+            row["measured_minus_estimated_mb"] = round(row["measured_mb"] - row["estimated_mb"], 1)
+        # The estimate leaves out what RSS holds beyond XLA's buffers: when the run does not fit, step down
+        # (--step at a time) until a run does, so the answer is a size that ran within the budget.
+        size, smallest = row["size"], smallest_size(args.step, aspect)
+        row["step_down"] = []
+        while True:
+            m = measured(verify(size, row["remat"]))
+            if m is not None and m <= row["budget_mb"]:
+                row["verified_size"], row["verified_shape_hw"], row["verified_mb"] = size, image_shape(size, aspect), m
+                break
+            if size - args.step < smallest:
+                break
+            size -= args.step
+            row["step_down"].append(size)
     result["results"] = rows
+    result["verify_runs"] = [v for v in verified.values() if "error" not in v]
     cached = sorted((s.remat, s.image_size) for s, asp in _CACHE if asp == aspect
                     and s.replace(image_size=settings.image_size, remat=settings.remat) == settings)
     result["estimates"] = []
@@ -520,8 +541,8 @@ def markdown(result: dict) -> str:
         f"- {result['formula']}; phases: {', '.join(result['phases'])}",
         "",
         ("| budget (MB) | remat | largest size (W x H) | estimated (MB) | next size, estimated (MB) "
-         "| measured (MB) | fits |"),
-        "|---:|---|---|---:|---|---:|---|",
+         "| measured (MB) | fits | largest size that ran within the budget (measured MB) |"),
+        "|---:|---|---|---:|---|---:|---|---|",
     ]
     for r in result["results"]:
         size = "none fits" if r["size"] is None else (f"{r['size']} ({_wxh(r['shape_hw'])})"
@@ -538,9 +559,12 @@ def markdown(result: dict) -> str:
                                    or "out of memory" in v["error"].lower() else "")
         else:
             fits = "yes" if r["fits"] else "NO"
+        ran = ("-" if v is None or "skipped" in v else "none" if r.get("verified_size") is None else
+               f"{r['verified_size']} ({_wxh(r['verified_shape_hw'])}, {r['verified_mb']:.0f})")
         lines.append(f"| {r['budget_mb']:.0f} | {'on' if r['remat'] else 'off'} | {size} | {_f(r['estimated_mb'])} | "
-                     f"{nxt} | {_f(r['measured_mb'])} | {fits} |")
-    runs = [r["verify"] for r in result["results"] if r["verify"] and "peak_rss_mb" in r["verify"]]
+                     f"{nxt} | {_f(r['measured_mb'])} | {fits} | {ran} |")
+    runs = sorted((v for v in result.get("verify_runs", []) if "peak_rss_mb" in v),
+                  key=lambda v: (v["remat"], -v["size"]))
     if runs and result["memory"] == "process RSS":
         lines += ["", ("Measured peak RSS: the whole process (compilation included); after a 1-iteration warm-up "
                        "that compiled everything; of the measured run alone (high-water mark reset after the "

@@ -99,3 +99,27 @@ def test_command_line_writes_json(tmp_path, settings, capsys):
     assert result["settings"]["optimizer"] == "lbfgs" and result["settings"]["lbfgs_history"] == 100
     assert result["machine"]["backend"] and "max_image_size.py" in result["command"]
     assert "| largest size (W x H) |" in md.read_text() and "64 (64 x 48)" in capsys.readouterr().out
+
+
+def test_a_size_whose_run_does_not_fit_steps_down_to_one_that_does(tmp_path, settings, monkeypatch):
+    """The estimate finds 128 px; its (stand-in) run measures above the budget, so 64 px is run and reported."""
+    budget = (xla(settings, 128)["xla_bytes"] + xla(settings, 192)["xla_bytes"]) / 2 / MB
+    runs = []
+
+    def fake_spawn(cfg):
+        assert cfg["kind"] == "verify"
+        runs.append(cfg["size"])
+        peak = budget + 100.0 if cfg["size"] > 64 else budget - 1.0
+        return {"size": cfg["size"], "remat": cfg["remat"], "shape_hw": list(mis.image_shape(cfg["size"], (4, 3))),
+                "iterations": cfg["iterations"], "peak_rss_mb": peak, "peak_rss_after_warmup_mb": peak,
+                "run_peak_rss_mb": peak, "warmup_s": 0.0, "run_s": 0.0, "final_loss": 1.0, "backend": "cpu"}
+
+    monkeypatch.setattr(mis, "spawn", fake_spawn)
+    out, md = tmp_path / "max.json", tmp_path / "max.md"
+    assert mis.main(["--budget-mb", f"{budget:.3f}", "--baseline-mb", "0", "--remat", "off", "--step", "64",
+                     "--max-size", "192", "--content-layers", "relu2_1", "--style-layers", "relu1_1", "relu2_1",
+                     "--out", str(out), "--md", str(md)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["size"] == 128 and row["fits"] is False and runs == [128, 64]
+    assert row["verified_size"] == 64 and row["verified_shape_hw"] == [48, 64] and row["step_down"] == [64]
+    assert "| NO | 64 (64 x 48, " in md.read_text()
