@@ -131,6 +131,7 @@ def batch_stepper(objective: Objective, spec: optim.SolverSpec, params, targets,
         sharding: the batch-axis sharding over several devices, or None.
     """
     loop = optim.default_loop() if loop == "auto" else loop
+    params = objective.prepare(params)  # once, not in every iteration
 
     def init(x0):
         return _init_batch(objective, spec, style_batched, sharding, params, x0, targets)

@@ -59,10 +59,11 @@ class Settings:
     padding: Literal["zero", "reflect"] = _opt("zero", "Padding of VGG-19's convolutions.")
     precision: Precision | None = _opt(None, "Matmul/conv precision (default/high/highest); unset = backend default.")
     remat: bool = _opt(False, "Recompute VGG activations in the backward pass to fit larger images.")
-    conv_algorithm: Literal["direct", "winograd"] = _opt(
-        "direct", "3x3 convolutions: 'direct' (XLA's) or 'winograd' (F(2x2,3x3) for the layers with >= 256 input "
-                  "channels: 2.25x fewer multiply-adds, agrees to ~1e-6; measured 0.98x the time at 512 px and 1.08x "
-                  "at 256 px on a 2-core AVX2 CPU, see BENCHMARKS.md).")
+    conv_algorithm: Literal["auto", "direct", "winograd"] = _opt(
+        "auto", "3x3 convolutions: 'direct' (XLA's, bit-faithful to Keras), 'winograd' (F(2x2,3x3) for the layers "
+                "with >= 256 input channels, kernel transforms computed once: 2.25x fewer multiply-adds, agrees to "
+                "~1e-6; measured 0.72-0.74x the time of value+grad on a 2-core AVX2 CPU, see BENCHMARKS.md), "
+                "'auto' = winograd on CPU, direct on GPU/TPU.")
     dtype: Literal["float32", "bfloat16"] = _opt(
         "float32", "Compute dtype of VGG-19: 'bfloat16' halves activation memory and is faster where the hardware "
                    "has bf16 units (GPUs, TPUs); Gram matrices, losses and the optimizer stay float32.")
@@ -136,7 +137,7 @@ _CHOICES = {
     "padding": ("zero", "reflect"),
     "precision": (None, "default", "high", "highest"),
     "dtype": ("float32", "bfloat16"),
-    "conv_algorithm": ("direct", "winograd"),
+    "conv_algorithm": ("auto", "direct", "winograd"),
 }
 
 

@@ -6,9 +6,12 @@ of 36: over a layer, 16 batched ``(tiles, C_in) @ (C_in, C_out)`` matrix product
 taps of the direct convolution, 2.25x fewer multiply-adds. The transforms around them are additions
 (memory-bound), so it can only pay where the channel counts are large. On XLA:CPU (2-core AVX2
 machine, see BENCHMARKS.md) single layers with 256 and 512 input channels ran 1.2-2x faster
-forward+backward than ``lax.conv_general_dilated``, and slower with 64 and 128; the whole objective
-measured 2% faster at 512 px and 8% slower at 256 px, so it is an option
-(``Settings.conv_algorithm="winograd"``), not the default. GPU/TPU libraries pick their own algorithm.
+forward+backward than ``lax.conv_general_dilated``, and slower with 64 and 128. The kernel transforms
+are the same in every evaluation of a stylization, so they are computed once per set of weights
+(:func:`winograd_kernels`, :func:`nst_jax.vgg.prepare_params`); computed inside every evaluation they
+cost more than Winograd saves (value+grad at 256 px: 0.61 s against 0.58 s direct, 0.41 s precomputed).
+With them precomputed it is the default on CPU (``Settings.conv_algorithm="auto"``, see
+:func:`resolve_algorithm`); GPU/TPU libraries pick their own algorithm, so there the default is direct.
 
 The backward pass (a ``custom_vjp``) is Winograd as well: the input gradient of a 3x3 "valid"
 convolution is the "full" convolution of the output gradient with the flipped, transposed kernel.
@@ -21,10 +24,21 @@ magnitude (the transforms only add and halve), which is the order of float32 rea
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+def resolve_algorithm(algorithm: str) -> str:
+    """``"auto"`` -> the algorithm that measured fastest on the default backend: ``"winograd"`` on CPU (with the
+    kernel transforms precomputed, value+grad 0.72x the direct convolution's time at 256 px and 0.74x at
+    512 px on a 2-core AVX2 CPU, see BENCHMARKS.md), ``"direct"`` on GPUs/TPUs (their libraries choose their
+    own convolution algorithms). Other values are returned as they are."""
+    if algorithm != "auto":
+        return algorithm
+    return "winograd" if jax.default_backend() == "cpu" else "direct"
+
 
 #: Layers with fewer input channels than this use the direct convolution under "winograd" (measured).
 WINOGRAD_MIN_CHANNELS = 256
@@ -39,8 +53,27 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
                                         precision=precision)
 
 
-def _winograd_valid(xp: jax.Array, kernel: jax.Array, precision) -> jax.Array:
-    """"Valid" 3x3 convolution of ``xp`` ``(N, H+2, W+2, C_in)`` by F(2x2, 3x3) -> ``(N, H, W, C_out)``."""
+def winograd_kernel(kernel: jax.Array) -> jax.Array:
+    """The F(2x2, 3x3) kernel transform ``G g G^T`` of an HWIO kernel: ``(16, C_in, C_out)``."""
+    return jnp.einsum("ai,ijco,bj->abco", _G, kernel, _G).reshape(16, kernel.shape[2], kernel.shape[3])
+
+
+class WinogradKernels(NamedTuple):
+    """A layer's kernel transforms, computed once per set of weights (:func:`winograd_kernels`) instead of
+    in every evaluation: for the forward pass and for the input gradient (flipped, transposed kernel)."""
+
+    forward: jax.Array  # (16, C_in, C_out)
+    input_grad: jax.Array  # (16, C_out, C_in)
+
+
+def winograd_kernels(kernel: jax.Array) -> WinogradKernels:
+    """:class:`WinogradKernels` of an HWIO kernel."""
+    return WinogradKernels(winograd_kernel(kernel), winograd_kernel(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)))
+
+
+def _winograd_valid(xp: jax.Array, u: jax.Array, precision) -> jax.Array:
+    """"Valid" 3x3 convolution of ``xp`` ``(N, H+2, W+2, C_in)`` by F(2x2, 3x3) with the transformed kernel
+    ``u`` ``(16, C_in, C_out)`` -> ``(N, H, W, C_out)``."""
     n, hp, wp, c = xp.shape
     h, w = hp - 2, wp - 2
     th, tw = -(-h // 2), -(-w // 2)  # output tiles; odd sizes are padded by one and cropped
@@ -53,41 +86,47 @@ def _winograd_valid(xp: jax.Array, kernel: jax.Array, precision) -> jax.Array:
         t = [rows[j][r] for j in range(4)]
         v += [t[0] - t[2], t[1] + t[2], t[2] - t[1], t[1] - t[3]]
     v = jnp.stack(v).reshape(16, n * th * tw, c)
-    u = jnp.einsum("ai,ijco,bj->abco", _G, kernel, _G).reshape(16, c, kernel.shape[-1]).astype(xp.dtype)
-    m = jnp.matmul(v, u, precision=precision).reshape(4, 4, n, th, tw, -1)
+    m = jnp.matmul(v, u.astype(xp.dtype), precision=precision).reshape(4, 4, n, th, tw, -1)
     # Output transform A^T m A, A^T = [[1,1,1,0],[0,1,-1,-1]].
     s0, s1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
     y = jnp.stack([jnp.stack([s[0] + s[1] + s[2], s[1] - s[2] - s[3]], axis=3) for s in (s0, s1)], axis=2)
     return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w, :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _winograd(xp, kernel, precision):
-    return _winograd_valid(xp, kernel, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _winograd(xp, kernel, transforms, precision):
+    return _winograd_valid(xp, transforms.forward, precision)
 
 
-def _winograd_fwd(xp, kernel, precision):
-    return _winograd_valid(xp, kernel, precision), (xp, kernel)
+def _winograd_fwd(xp, kernel, transforms, precision):
+    return _winograd_valid(xp, transforms.forward, precision), (xp, kernel, transforms)
 
 
 def _winograd_bwd(precision, res, dy):
-    xp, kernel = res
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dxp = _winograd_valid(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))), flipped, precision)
+    xp, kernel, transforms = res
+    dxp = _winograd_valid(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))), transforms.input_grad, precision)
     _, vjp_kernel = jax.vjp(lambda k: conv3x3_valid(xp, k, precision), kernel)
-    return dxp, vjp_kernel(dy)[0]
+    # The transforms are functions of the kernel: its whole gradient is returned for the kernel itself.
+    return dxp, vjp_kernel(dy)[0], jax.tree.map(jnp.zeros_like, transforms)
 
 
 _winograd.defvjp(_winograd_fwd, _winograd_bwd)
 
 
-def winograd3x3_valid(xp: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
-    """"Valid" 3x3 convolution (NHWC x HWIO) by Winograd F(2x2, 3x3), forward and backward."""
-    return _winograd(xp, kernel, precision)
+def winograd3x3_valid(xp: jax.Array, kernel: jax.Array, precision=None,
+                      transforms: WinogradKernels | None = None) -> jax.Array:
+    """"Valid" 3x3 convolution (NHWC x HWIO) by Winograd F(2x2, 3x3), forward and backward.
+
+    ``transforms``: :func:`winograd_kernels` of ``kernel`` if already computed (they are the same in every
+    evaluation of a stylization); computed here otherwise.
+    """
+    if transforms is None:
+        transforms = winograd_kernels(kernel)
+    return _winograd(xp, kernel, transforms, precision)
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, *, padding: str = "zero", precision=None,
-            algorithm: str = "direct") -> jax.Array:
+            algorithm: str = "direct", transforms: WinogradKernels | None = None) -> jax.Array:
     """VGG's 3x3 convolution (stride 1, output the input's size) without bias.
 
     Args:
@@ -97,6 +136,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *, padding: str = "zero", precision
         precision: a ``jax.lax.Precision`` or None.
         algorithm: ``"direct"`` (XLA's convolution) or ``"winograd"`` (F(2x2, 3x3) for layers with at
             least :data:`WINOGRAD_MIN_CHANNELS` input channels, direct below).
+        transforms: with ``"winograd"``, the kernel's precomputed :func:`winograd_kernels` (optional).
     """
     kernel = kernel.astype(x.dtype)
     winograd = algorithm == "winograd" and x.shape[-1] >= WINOGRAD_MIN_CHANNELS
@@ -104,4 +144,6 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *, padding: str = "zero", precision
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                             precision=precision)
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if padding == "reflect" else "constant")
-    return (winograd3x3_valid if winograd else conv3x3_valid)(xp, kernel, precision)
+    if winograd:
+        return winograd3x3_valid(xp, kernel, precision, transforms)
+    return conv3x3_valid(xp, kernel, precision)

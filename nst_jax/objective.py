@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses, vgg
+from nst_jax import conv, losses, vgg
 from nst_jax.config import Settings
 
 
@@ -69,13 +69,18 @@ class Objective:
             precision=s.precision,
             remat=s.remat,
             dtype=s.dtype,
-            conv_algorithm=s.conv_algorithm,
+            conv_algorithm=conv.resolve_algorithm(s.conv_algorithm),
         )
 
     @property
     def layers(self) -> tuple[str, ...]:
         """Every layer the loss reads, in network order."""
         return tuple(sorted(set(self.content_layers) | set(self.style_layers), key=vgg.layer_index))
+
+    def prepare(self, params):
+        """``params`` with what every evaluation would otherwise recompute from them (the Winograd kernel
+        transforms with ``conv_algorithm="winograd"``), computed once: see :func:`nst_jax.vgg.prepare_params`."""
+        return vgg.prepare_params(params, conv_algorithm=self.conv_algorithm)
 
     def features(self, params, x: jax.Array, layers: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
         """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``."""

@@ -392,6 +392,7 @@ class Stepper(NamedTuple):
 def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets, loop: str = "auto") -> Stepper:
     """Compiled ``init``/``advance`` for one image with the chosen loop form."""
     loop = default_loop() if loop == "auto" else loop
+    params = objective.prepare(params)  # once, not in every iteration
 
     def advance(state, n):
         if loop == "step":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,39 @@ def test_objective_value_and_gradient_match_direct():
     assert float(jnp.linalg.norm(gw - gd) / jnp.linalg.norm(gd)) < 2e-3
     cosine = float(jnp.vdot(gw, gd) / (jnp.linalg.norm(gw) * jnp.linalg.norm(gd)))
     assert cosine > 0.99999
+
+
+def test_prepared_params_give_the_same_loss_without_transforming_kernels_per_evaluation():
+    """Objective.prepare computes the Winograd kernel transforms once: the same terms and gradient, no kernel
+    transform left in the evaluation's program, and preparing twice changes nothing."""
+    params = weights.random_params(0)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(-100, 100, (24, 32, 3)), jnp.float32)
+    obj = Objective(content_layers=("relu4_2",), style_layers=("relu3_1", "relu4_1"), content_weights=(1.0,),
+                    style_weights=(10.0, 10.0), tv_weight=0.0, conv_algorithm="winograd")
+    targets = {"content": obj.content_targets(params, x * 0.3), "style": obj.style_grams(params, x * 0.5)}
+    prepared = obj.prepare(params)
+    assert vgg.WINOGRAD_KEY in prepared["params"]["conv4_1"] and vgg.WINOGRAD_KEY not in prepared["params"]["conv2_1"]
+    again = obj.prepare(prepared)
+    u, u_grad = prepared["params"]["conv4_1"][vgg.WINOGRAD_KEY]
+    np.testing.assert_array_equal(u, conv.winograd_kernel(params["params"]["conv4_1"]["kernel"]))
+    assert u.shape == (16, 256, 512) and u_grad.shape == (16, 512, 256)
+    (t0, g0), (t1, g1) = (jax.jit(obj.value_and_grad)(p, x, targets) for p in (params, prepared))
+    for a, b in zip(t1, t0):
+        assert float(a) == pytest.approx(float(b), rel=1e-6)
+    np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-6 * float(jnp.abs(g0).max()))
+
+    def kernel_transforms(p):  # einsums with the 4x3 transform matrix G on a (3, 3, C_in, C_out) kernel
+        text = str(jax.make_jaxpr(obj.value_and_grad)(p, x, targets))
+        return text.count("f32[4,3]")
+
+    assert kernel_transforms(params) > 0 and kernel_transforms(prepared) == 0
+    assert again is prepared and dataclasses.replace(obj, conv_algorithm="direct").prepare(params) is params
+
+
+def test_auto_is_winograd_on_cpu():
+    assert conv.resolve_algorithm("auto") == ("winograd" if jax.default_backend() == "cpu" else "direct")
+    assert conv.resolve_algorithm("direct") == "direct"
 
 
 def test_float64_agrees_to_rounding():
