@@ -494,6 +494,9 @@ def worker_jax_lbfgs_overhead(cfg: dict) -> dict:
         def value_and_grad(self, params, x, targets):
             return self.loss(params, x, targets), d * (x - targets)
 
+        def prepare(self, params):
+            return params
+
     quad, spec = Quadratic(), optim.SolverSpec(learning_rate=0.1)
     stepper = optim.single_image_stepper(quad, spec, None, target, "step")
     state = stepper.advance(stepper.init(jnp.zeros(shape, jnp.float32)), 110)
