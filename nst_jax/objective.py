@@ -80,7 +80,7 @@ class Objective:
     def prepare(self, params):
         """``params`` with what every evaluation would otherwise recompute from them (the Winograd kernel
         transforms with ``conv_algorithm="winograd"``), computed once: see :func:`nst_jax.vgg.prepare_params`."""
-        return vgg.prepare_params(params, conv_algorithm=self.conv_algorithm)
+        return vgg.prepare_params(params, conv_algorithm=self.conv_algorithm, layers=self.layers)
 
     def features(self, params, x: jax.Array, layers: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
         """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``."""

@@ -134,6 +134,7 @@ def _abstract_problem(settings, aspect: tuple[int, int]):
     f32 = jnp.float32
     params = {"params": {name: {kind: jax.ShapeDtypeStruct(shape, f32) for kind, shape in layer.items()}
                          for name, layer in vgg.param_shapes().items()}}
+    params = jax.eval_shape(objective.prepare, params)  # what the steppers keep (Winograd kernel transforms)
     x = jax.ShapeDtypeStruct((*image_shape(settings.image_size, aspect), 3), f32)
     # The style image is resized to image_size * style_scale (long side); assumed of the same aspect.
     style = jax.ShapeDtypeStruct((*image_shape(max(1, int(settings.image_size * settings.style_scale)), aspect),
