@@ -325,25 +325,22 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets) 
     if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
         x, opt_state = _jaxopt_solver(objective, spec).update(state.x, state.opt_state, params, targets)
         terms, grad = opt_state.aux, opt_state.grad
+    elif spec.optimizer == "lbfgs" and spec.linesearch == "zoom":
+        # The line search returns the terms and gradient at the point it accepts.
+        updates, opt_state = _transformation(spec).update(
+            state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
+            value_fn=lambda z: objective.loss(params, z, targets).total,
+            terms_and_grad_fn=lambda z: objective.value_and_grad(params, z, targets))
+        x = optax.apply_updates(state.x, updates)
+        terms, grad = opt_state[-1].terms, opt_state[-1].zoom.grad
     else:
-        tx = _transformation(spec)
-        if spec.optimizer == "lbfgs" and spec.linesearch == "zoom":
-            # The line search returns the terms and gradient at the point it accepts.
-            updates, opt_state = tx.update(
-                state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
-                value_fn=lambda z: objective.loss(params, z, targets).total,
-                terms_and_grad_fn=lambda z: objective.value_and_grad(params, z, targets))
-            x = optax.apply_updates(state.x, updates)
-            terms, grad = opt_state[-1].terms, opt_state[-1].zoom.grad
-        else:
-            if spec.optimizer == "lbfgs" and spec.linesearch != "none":
-                updates, opt_state = tx.update(
-                    state.grad, state.opt_state, state.x, value=state.terms.total, grad=state.grad,
-                    value_fn=lambda z: objective.loss(params, z, targets).total)
-            else:
-                updates, opt_state = tx.update(state.grad, state.opt_state, state.x, **frozen)
-            x = optax.apply_updates(state.x, updates)
-            terms, grad = objective.value_and_grad(params, x, targets)
+        extra = frozen
+        if spec.optimizer == "lbfgs" and spec.linesearch != "none":  # backtracking
+            extra = dict(value=state.terms.total, grad=state.grad,
+                         value_fn=lambda z: objective.loss(params, z, targets).total)
+        updates, opt_state = _transformation(spec).update(state.grad, state.opt_state, state.x, **extra)
+        x = optax.apply_updates(state.x, updates)
+        terms, grad = objective.value_and_grad(params, x, targets)
     done = _converged(spec, terms.total, state.terms.total, grad) | ~jnp.isfinite(terms.total)
     new = State(x, opt_state, terms, grad, state.iteration + 1, done)
     # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select

@@ -169,8 +169,8 @@ def prepare_params(params, conv_algorithm: str = "direct", layers: Iterable[str]
     if all(WINOGRAD_KEY in params["params"][n] for n in names):
         return params
     transforms = _winograd_transforms({n: params["params"][n]["kernel"] for n in names})
-    layers = {**params["params"], **{n: {**params["params"][n], WINOGRAD_KEY: transforms[n]} for n in names}}
-    return {**params, "params": layers}
+    prepared = {**params["params"], **{n: {**params["params"][n], WINOGRAD_KEY: transforms[n]} for n in names}}
+    return {**params, "params": prepared}
 
 
 @jax.jit

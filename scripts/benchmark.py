@@ -800,6 +800,12 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def _default_vg_key(r: dict) -> str:
+    """The value+grad row of the library's default convolution algorithm (as the optimizer rows ran it)."""
+    winograd = r["jax_lbfgs_step"].get("conv_algorithm") == "winograd" and "jax_vg_winograd" in r
+    return "jax_vg_winograd" if winograd else "jax_vg"
+
+
 def _derive(r: dict, peak_measured: float, peak_given: float | None) -> None:
     """Throughputs, fractions of peak and nst_jax / PyTorch ratios."""
     vg = r["jax_vg"]
@@ -832,10 +838,8 @@ def _derive(r: dict, peak_measured: float, peak_given: float | None) -> None:
         # Steady-state L-BFGS iterations (history full), both sides alike: one value+grad + the recursion's
         # measured cost with 100 pairs.
         d["torch_lbfgs_h100_est_s"] = r["torch_vg"]["seconds"] + r["torch_lbfgs_h100"]["seconds_per_iter_h100"]
-        # the value+grad of the library's default convolution algorithm, as the L-BFGS rows run it
-        default_vg = r["jax_vg_winograd"] if (r["jax_lbfgs_step"].get("conv_algorithm") == "winograd"
-                                              and "jax_vg_winograd" in r) else vg
-        d["jax_lbfgs_h100_est_s"] = default_vg["seconds"] + r["jax_lbfgs_h100"]["seconds_per_iter_h100"]
+        d["jax_lbfgs_h100_est_s"] = (r[_default_vg_key(r)]["seconds"]
+                                     + r["jax_lbfgs_h100"]["seconds_per_iter_h100"])
         d["ratio_lbfgs_h100"] = _ratio(d["jax_lbfgs_h100_est_s"], d["torch_lbfgs_h100_est_s"])
     if "torch_ttl" in r:
         t = r["torch_ttl"]
@@ -871,7 +875,7 @@ def _targets(result: dict, gpu: bool) -> list[dict]:
                 "<=", "" if sizes[size]["derived"]["ratio_time_to_loss_best"] else "nst_jax did not reach the loss")
     if 512 in sizes:
         r512 = sizes[512]
-        wino = r512["jax_lbfgs_step"].get("conv_algorithm") == "winograd" and "jax_vg_winograd" in r512
+        wino = _default_vg_key(r512) == "jax_vg_winograd"
         add(f"value+grad fp32 throughput at 512 px, library default ({'Winograd: effective' if wino else 'direct'}, "
             "GFLOP/s)", r512["derived"].get("vg_winograd_effective_gflops" if wino else "vg_gflops"),
             TARGETS["vg_gflops_512"], ">=")
@@ -930,15 +934,14 @@ def markdown(result: dict) -> str:
         def row(name, a, b=None, ratio=None, spec=".3f"):
             lines.append(f"| {name} | {_f(a, spec)} | {_f(b, spec)} | {_f(ratio, '.2f')} |")
 
-        default_alg = r["jax_lbfgs_step"].get("conv_algorithm", "direct")
-        mark = lambda alg: " (library default)" if alg == default_alg else ""  # noqa: E731
-        row(f"value+grad, XLA's direct convolutions{mark('direct')} (s)", vg["seconds"],
+        mark = lambda key: " (library default)" if key == _default_vg_key(r) else ""  # noqa: E731
+        row(f"value+grad, XLA's direct convolutions{mark('jax_vg')} (s)", vg["seconds"],
             r["torch_vg"]["seconds"] if t else None, d.get("ratio_vg"))
         row("  compile (s)", vg["compile_s"])
         row("  XLA FLOPs (GFLOP)", d.get("vg_gflop"), spec=".1f")
         if "jax_vg_winograd" in r:
             wv = r["jax_vg_winograd"]
-            row(f"value+grad, Winograd F(2x2,3x3), kernel transforms precomputed{mark('winograd')} (s)",
+            row(f"value+grad, Winograd F(2x2,3x3), kernel transforms precomputed{mark('jax_vg_winograd')} (s)",
                 wv["seconds"], r["torch_vg"]["seconds"] if t else None,
                 _ratio(wv["seconds"], r["torch_vg"]["seconds"]) if t else None)
             row("  compile (s)", wv["compile_s"])
