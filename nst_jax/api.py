@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import images, optim, vgg, weights
-from nst_jax.config import Settings, stages
+from nst_jax import canvas, images, optim, vgg, weights
+from nst_jax.config import SettingError, Settings, stages
 from nst_jax.objective import Objective, make_targets
 
 
@@ -28,6 +28,8 @@ class Result:
         history: loss records; ``history[0]`` is the initial image at iteration 0.
         settings: the settings used.
         output: where the image was written, if it was.
+        weights: which VGG-19 weights made it (:func:`nst_jax.weights.describe`: file path and MD5, or random
+            and seed); saved images record it.
     """
 
     array: np.ndarray
@@ -35,6 +37,7 @@ class Result:
     settings: Settings
     output: Path | None = None
     snapshots: list[Path] = field(default_factory=list)
+    weights: dict | None = None
 
     @property
     def image(self):
@@ -47,8 +50,9 @@ class Result:
         return self.history[-1].total
 
     def save(self, path, *, metadata: dict | None = None) -> Path:
-        """Writes the output atomically (PNG gets the settings as metadata)."""
-        meta = {"settings": self.settings.to_dict(), **(metadata or {})}
+        """Writes the output atomically (PNG gets the settings and the weights used as metadata)."""
+        meta = {"settings": self.settings.to_dict(), **({"weights": self.weights} if self.weights else {}),
+                **(metadata or {})}
         return images.save_image(self.array, path, metadata=meta)
 
     def _repr_png_(self) -> bytes:  # notebooks display the result
@@ -59,6 +63,33 @@ class Result:
         return buf.getvalue()
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stylization stopped by Ctrl-C (the command line turns SIGTERM into one too).
+
+    :func:`stylize` keeps the latest finished iterate and, with an ``output``, writes it atomically as
+    ``<stem>.partial-<iteration><suffix>`` next to it: a complete image, named so that it is never taken for
+    a finished result (the output itself is not written).
+
+    Attributes:
+        array: that image, float32 ``(H, W, 3)`` in [0, 1]; None if no iteration had run.
+        iteration: its iteration (counted on across coarse-to-fine stages, as in the history), or None.
+        partial: where it was written; None without ``output``, before the first iteration, or if it could not
+            be written (``reason`` says why).
+        reason: why no partial file was written, or None.
+    """
+
+    def __init__(self, array: np.ndarray | None = None, iteration: int | None = None, partial: Path | None = None,
+                 reason: str | None = None):
+        self.array, self.iteration, self.partial, self.reason = array, iteration, partial, reason
+        if partial is not None:
+            text = f"interrupted at iteration {iteration}; the latest image (not a finished result) is in '{partial}'"
+        elif iteration is None:
+            text = "interrupted before the first iteration; no image was written"
+        else:
+            text = f"interrupted at iteration {iteration}; no image was written" + (f" ({reason})" if reason else "")
+        super().__init__(text)
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_params(spec: str | None):
     return weights.resolve_params(spec)
@@ -66,11 +97,21 @@ def _cached_params(spec: str | None):
 
 def get_params(spec: str | None):
     """VGG-19 params for a weights spec (see :func:`nst_jax.load_vgg19`), cached per spec."""
+    return _cached_params(_weights_key(spec))
+
+
+def weights_used(spec: str | None) -> dict:
+    """Which weights :func:`get_params` loads for ``spec`` (:func:`nst_jax.weights.describe`), for outputs."""
+    return weights.describe(_weights_key(spec))
+
+
+def _weights_key(spec: str | None) -> str | None:
+    """``spec`` with ``$NST_JAX_WEIGHTS`` applied and a path made absolute: one cache entry per file."""
     if spec is None:
         spec = os.environ.get("NST_JAX_WEIGHTS") or None
     if spec is not None and spec != "random":
         spec = str(Path(spec).expanduser().resolve())
-    return _cached_params(spec)
+    return spec
 
 
 def make_settings(settings: Settings | None = None, **overrides) -> Settings:
@@ -84,13 +125,15 @@ def make_settings(settings: Settings | None = None, **overrides) -> Settings:
 
 
 def prepare_styles(style, s: Settings) -> list[np.ndarray]:
-    """Loads and resizes the style image(s) to ``image_size * style_scale`` (long side)."""
+    """Loads and resizes the style image(s) to ``image_size * style_scale`` (long side); none for ``None``."""
+    if style is None:  # no style term (see canvas.check_inputs)
+        return []
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
         raise ValueError("no style image given: pass at least one.")
     if s.style_blend_weights is not None and len(s.style_blend_weights) != len(styles):
-        raise ValueError(f"style_blend_weights has {len(s.style_blend_weights)} value(s) for {len(styles)} "
-                         "style image(s); give one weight per style image.")
+        raise SettingError("{0} has {n} value(s) for {count} style image(s); give one weight per style image.",
+                           "style_blend_weights", n=len(s.style_blend_weights), count=len(styles))
     size = max(1, int(s.image_size * s.style_scale))
     out = []
     for i, st in enumerate(styles, start=1):
@@ -99,9 +142,11 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
     return out
 
 
-def initial_image(s: Settings, content: np.ndarray, styles: list[np.ndarray], key=None) -> jax.Array:
-    """The starting point in Caffe space, ``(H, W, 3)``, for content of shape ``content.shape``."""
-    h, w = content.shape[:2]
+def initial_image(s: Settings, content: np.ndarray | None, styles: list[np.ndarray], key=None, *,
+                  shape_hw: tuple[int, int] | None = None) -> jax.Array:
+    """The starting point in Caffe space, ``(H, W, 3)``, for content of shape ``content.shape`` (without
+    content, of shape ``shape_hw``)."""
+    h, w = content.shape[:2] if content is not None else shape_hw
     if s.init == "random":
         key = jax.random.key(s.seed) if key is None else key
         return 0.001 * jax.random.normal(key, (h, w, 3), jnp.float32)  # neural-style: randn * 0.001
@@ -115,16 +160,21 @@ def initial_image(s: Settings, content: np.ndarray, styles: list[np.ndarray], ke
 
 
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
-            callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
+            overwrite: bool = False, callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
             **overrides) -> Result:
-    """Stylizes one content image.
+    """Stylizes one content image (or, without one, synthesizes a texture).
 
     Args:
-        content: a path, a ``PIL.Image`` or an ``(H, W, 3)`` float array in [0, 1].
-        style: one style image (same kinds) or a list of them (blended by ``style_blend_weights``).
+        content: a path, a ``PIL.Image`` or an ``(H, W, 3)`` float array in [0, 1]; None with
+            ``content_weight=0`` (texture synthesis: the canvas is ``image_size`` by ``aspect``).
+        style: one style image (same kinds) or a list of them (blended by ``style_blend_weights``); None with
+            ``style_weight=0`` (the content reconstructed from its activations).
         settings: a :class:`Settings`; ``overrides`` (any of its field names) are applied on top.
         output: if given, the result is written there atomically (PNG metadata holds the settings),
-            and snapshots (``save_every``) next to it as ``<stem>_<iteration><suffix>``.
+            and snapshots (``save_every``) next to it as ``<stem>_<iteration><suffix>``. These paths are
+            checked before the run (:func:`nst_jax.images.check_overwrite`): never an input; an existing
+            file only if nst_jax wrote it, or with ``overwrite``.
+        overwrite: replace existing files at the output (and snapshot) paths that nst_jax did not write.
         callback: called with each progress :class:`~nst_jax.optim.Record` (outside ``jit``).
         progress: show a progress bar (``tqdm.auto``: terminal or notebook).
 
@@ -132,15 +182,32 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
 
     Raises:
-        ValueError: a bad setting or input (``images.ImageError`` for images), naming it.
-        nst_jax.optim.NonFiniteLossError: the loss became NaN/inf (nothing is written).
+        ValueError: a bad setting or input (``images.ImageError`` for images, also an output that would
+            replace an input or another program's file), naming it.
+        nst_jax.optim.NonFiniteLossError: the loss became NaN/inf; nothing is written. The error names the
+            iteration and carries the image of the last finite one (``last_good``, RGB in [0, 1], and
+            ``last_good_iteration``).
+        Interrupted: Ctrl-C (``KeyboardInterrupt``) during the optimization; the latest iterate is in its
+            ``partial`` file (with ``output``) and ``array``.
     """
     s = make_settings(settings, **overrides)
-    out_path = images.check_output_path(output) if output is not None else None
-    content_img = images.load_image(content, label="content image")
-    content_img = images.resize_long_side(content_img, s.image_size, label="content image")
+    inputs = _input_paths(content, style, s)
+    out_path = None
+    if s.save_every and output is None:
+        raise SettingError("{save_every=} writes snapshots next to the output, but no output path is given: pass "
+                           "output=... or leave {save_every} at 0.", "save_every", save_every=s.save_every)
+    if output is not None:
+        out_path = images.check_output_path(output)
+        for path in [out_path] + [snapshot_path(out_path, it) for it in _snapshot_iterations(s)]:
+            images.check_overwrite(path, inputs, overwrite=overwrite)
+    canvas.check_inputs(s, content, style)
+    content_img = None  # texture synthesis: the canvas is canvas.shape(s)
+    if content is not None:
+        content_img = images.load_image(content, label="content image")
+        content_img = images.resize_long_side(content_img, s.image_size, label="content image")
     styles = prepare_styles(style, s)
     params = get_params(s.weights)
+    used = weights_used(s.weights)
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
@@ -152,9 +219,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     def on_stop(state: optim.State, elapsed: float, *, offset: int, size: int, last: bool, t_stage: float) -> None:
         it = offset + int(state.iteration)
-        t = jax.device_get(state.terms)
-        rec = optim.Record(it, float(t.total), float(t.content), float(t.style), float(t.tv),
-                           t_stage - t_start + elapsed, size)
+        rec = optim.Record.from_terms(it, jax.device_get(state.terms), t_stage - t_start + elapsed, size)
         if not history or (history[-1].iteration, history[-1].size) != (it, size):
             history.append(rec)
         if bar is not None:
@@ -166,32 +231,137 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         stage_it = int(state.iteration)
         if (last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
                 and stage_it < s.num_iterations):
-            snap = out_path.with_name(f"{out_path.stem}_{stage_it}{out_path.suffix}")
+            snap = snapshot_path(out_path, stage_it)
             snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
-                                               metadata={"settings": s.to_dict(), "iteration": stage_it}))
+                                               metadata={"settings": s.to_dict(), "weights": used,
+                                                         "iteration": stage_it}))
 
     x, offset = None, 0
+    latest: dict = {}  # a copy of the newest iterate, saved on an interrupt
     try:
         for stage in plan:
             stage_content, stage_styles = stage.images(content_img, styles, s)
-            targets = make_targets(objective, params, vgg.preprocess(jnp.asarray(stage_content)),
-                                   [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights)
-            x0 = initial_image(s, stage_content, stage_styles) if x is None else upsample(x, stage_content.shape[:2])
-            stepper = optim.single_image_stepper(objective, spec, params, targets, s.loop)
+            hw = canvas.shape(s, stage.size) if stage_content is None else stage_content.shape[:2]
+            targets = make_targets(objective, params,
+                                   None if stage_content is None else vgg.preprocess(jnp.asarray(stage_content)),
+                                   [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights,
+                                   weights=s)
+            x0 = initial_image(s, stage_content, stage_styles, shape_hw=hw) if x is None else upsample(x, hw)
+            stepper = _keeping_latest(optim.single_image_stepper(objective, spec, params, targets, s.loop),
+                                      s.loop, latest, offset)
             n_iter = stage.iterations
             state = optim.run(stepper, x0, n_iter, chunk_size=s.chunk_size,
                               stops=optim.checkpoints(n_iter, s.print_every, s.save_every if stage.last else 0),
                               on_stop=functools.partial(on_stop, offset=offset, size=stage.size, last=stage.last,
                                                         t_stage=time.perf_counter()))
             x, offset = state.x, offset + int(state.iteration)
+        result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots, weights=used)
+        if out_path is not None:
+            result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
+                                                            "loss": result.loss})
+    except KeyboardInterrupt as e:
+        raise _save_partial(latest, content_img, s, out_path, inputs, overwrite,
+                            {"settings": s.to_dict(), "weights": used}) from e
+    except optim.NonFiniteLossError as e:
+        raise _nonfinite_error(e, offset, content_img, s, out_path, inputs, overwrite,
+                               {"settings": s.to_dict(), "weights": used}) from None
     finally:
         if bar is not None:
             bar.close()
-    result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots)
-    if out_path is not None:
-        result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
-                                                        "loss": result.loss})
     return result
+
+
+def _nonfinite_error(e: optim.NonFiniteLossError, offset: int, content_img: np.ndarray, s: Settings,
+                     out_path: Path | None, inputs, overwrite: bool, metadata: dict) -> optim.NonFiniteLossError:
+    """``e`` as :func:`stylize` reports it: the iteration counted on across coarse-to-fine stages (``offset``:
+    iterations of the stages before), ``last_good`` the RGB output the last finite iterate would have given
+    (upsampled to full size if it is a coarse stage's), written with an output as :func:`partial_path` (under
+    the same rules as the output; if it cannot be written the error still carries it)."""
+    last_good = None
+    if e.last_good is not None:
+        x = jnp.asarray(e.last_good)
+        full_hw = canvas.shape(s) if content_img is None else content_img.shape[:2]
+        if x.shape[:2] != full_hw:
+            x = upsample(x, full_hw)
+        last_good = finish_image(x, content_img, s)
+    partial = None
+    if last_good is not None and out_path is not None:
+        it = offset + e.iteration - 1
+        try:
+            partial = partial_path(out_path, it)
+            images.check_overwrite(partial, inputs, overwrite=overwrite)
+            images.save_image(last_good, partial, metadata={**metadata, "iteration": it, "partial": True,
+                                                            "nonfinite_at": it + 1})
+        except images.ImageError:
+            partial = None
+    return optim.NonFiniteLossError(offset + e.iteration, e.loss, last_good=last_good,
+                                    last_good_loss=e.last_good_loss, label=e.label, partial=partial)
+
+
+def snapshot_path(output: Path, iteration: int) -> Path:
+    """Where the snapshot of ``iteration`` (``save_every``) of ``output`` goes: ``<stem>_<iteration><suffix>``."""
+    return output.with_name(f"{output.stem}_{iteration}{output.suffix}")
+
+
+def partial_path(output: Path, iteration: int) -> Path:
+    """Where an interrupted run leaves its latest image: ``<stem>.partial-<iteration><suffix>``."""
+    return output.with_name(f"{output.stem}.partial-{iteration}{output.suffix}")
+
+
+def _snapshot_iterations(s: Settings) -> range:
+    """The iterations :func:`stylize` writes snapshots at (those of the last stage, before its end)."""
+    return range(s.save_every, s.num_iterations, s.save_every) if s.save_every else range(0)
+
+
+def _input_paths(content, style, s: Settings) -> list[tuple[str, object]]:
+    """``(label, source)`` of every image a stylization reads: an output must be none of them."""
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    found = [("content image", content)] if content is not None else []
+    found += [("style image" if len(styles) == 1 else f"style image {i}", st) for i, st in enumerate(styles, 1)
+              if st is not None]
+    if s.init == "image" and s.init_image is not None:
+        found.append(("init image", s.init_image))
+    return found
+
+
+def _keeping_latest(stepper: optim.Stepper, loop: str, latest: dict, offset: int) -> optim.Stepper:
+    """``stepper``, keeping in ``latest`` a copy of its newest image and iteration (plus the stage's ``offset``).
+
+    A step donates its input state, so an interrupt cannot fall back on the state it started from: the copy
+    (one image-sized buffer) is made after each call, every iteration with the step loop (one jitted call per
+    iteration), after each chunk with compiled chunks.
+    """
+    loop = optim.default_loop() if loop == "auto" else loop
+
+    def keep(state: optim.State) -> optim.State:
+        latest.update(x=jnp.copy(state.x), iteration=jnp.copy(state.iteration), offset=offset)
+        return state
+
+    def advance(state: optim.State, n: int) -> optim.State:
+        for k in [1] * n if loop == "step" else [n]:
+            state = keep(stepper.advance(state, k))
+        return state
+
+    return optim.Stepper(lambda x0: keep(stepper.init(x0)), advance)
+
+
+def _save_partial(latest: dict, content_img: np.ndarray, s: Settings, out_path: Path | None, inputs,
+                  overwrite: bool, metadata: dict) -> Interrupted:
+    """The :class:`Interrupted` of a run stopped by Ctrl-C, its latest iterate written atomically next to the
+    output (as :func:`partial_path`, ``metadata`` plus its iteration) under the same rules as the output."""
+    if "x" not in latest:
+        return Interrupted()
+    iteration = latest["offset"] + int(latest["iteration"])
+    array = finish_image(latest["x"], content_img, s)
+    if out_path is None:
+        return Interrupted(array, iteration)
+    path = partial_path(out_path, iteration)
+    try:
+        images.check_overwrite(path, inputs, overwrite=overwrite)
+        images.save_image(array, path, metadata={**metadata, "iteration": iteration, "partial": True})
+    except images.ImageError as e:
+        return Interrupted(array, iteration, reason=str(e))
+    return Interrupted(array, iteration, path)
 
 
 @dataclass(frozen=True)
@@ -220,7 +390,7 @@ def stage_images(content_img: np.ndarray, styles: list[np.ndarray], size: int,
     """The content and style images of a coarse-to-fine stage of long side ``size``, resized from the
     full-size ones (style images to ``size * style_scale``)."""
     label = f"content image at coarse-to-fine scale {size}"
-    stage_content = images.resize_long_side(content_img, size, label=label)
+    stage_content = None if content_img is None else images.resize_long_side(content_img, size, label=label)
     style_size = max(1, int(size * s.style_scale))
     stage_styles = [images.resize_long_side(st, style_size, label=f"style image at coarse-to-fine scale {size}")
                     for st in styles]
@@ -253,4 +423,5 @@ def _progress_bar(total: int):
     return tqdm(total=total, unit="it", dynamic_ncols=True, leave=False)
 
 
-__all__: Sequence[str] = ["Result", "stylize", "get_params", "make_settings"]
+__all__: Sequence[str] = ["Interrupted", "Result", "stylize", "get_params", "make_settings", "partial_path",
+                          "snapshot_path"]

@@ -5,7 +5,8 @@ The work is :func:`nst_jax.batch.run_job` (this machine, all its devices) or
 ``nst-jax`` is a flag here too (generated from :class:`nst_jax.Settings`).
 
 Exit codes: 0 every input written (or already there), 1 some input failed (see
-the summary), 2 bad flags or setup (no traceback), 130 interrupted (finished
+the summary), 2 bad flags or setup (no traceback), 3 stopped because the output
+disk is full (free space, then rerun the same command), 130 interrupted (finished
 outputs are complete; rerun the same command to finish).
 """
 
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax.cli import add_settings_arguments, settings_from_args
+from nst_jax.cli import add_settings_arguments, error_message, report_created_directory, settings_from_args
 
 EXAMPLES = """\
 examples:
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-size", type=_output_size, metavar="HxW",
                         help="Resize every input to cover HxW and crop the center, so all share one compiled batch "
                              "shape (default: long side --image-size, aspect kept).")
-    parser.add_argument("--overwrite", action="store_true", help="Redo inputs whose output exists (default: skip).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Redo inputs whose output exists, also replacing files nst-jax did not write (default: "
+                             "skip nst-jax's outputs, fail on other files; inputs are never replaced).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     ray = parser.add_argument_group("Ray (pip install 'nst-jax[ray]')")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -110,17 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(ns)
         common = dict(batch_size=ns.batch_size, output_size=ns.output_size, suffix=ns.suffix,
                       overwrite=ns.overwrite, progress=not ns.quiet)
-        if ns.ray is not None:
-            from nst_jax import ray_job
+        with report_created_directory(Path(out_dir).expanduser()):
+            if ns.ray is not None:
+                from nst_jax import ray_job
 
-            summary = ray_job.run_ray_job(
-                ns.inputs, ns.style, out_dir, settings, address=ns.ray or None, num_actors=ns.ray_actors,
-                num_cpus_per_actor=ns.ray_cpus_per_actor, num_gpus_per_actor=ns.ray_gpus_per_actor,
-                ray_batch_size=ns.ray_batch_size, **common)
-        else:
-            summary = batch.run_job(ns.inputs, ns.style, out_dir, settings, **common)
+                summary = ray_job.run_ray_job(
+                    ns.inputs, ns.style, out_dir, settings, address=ns.ray or None, num_actors=ns.ray_actors,
+                    num_cpus_per_actor=ns.ray_cpus_per_actor, num_gpus_per_actor=ns.ray_gpus_per_actor,
+                    ray_batch_size=ns.ray_batch_size, **common)
+            else:
+                summary = batch.run_job(ns.inputs, ns.style, out_dir, settings, **common)
+    except batch.DiskFullError as e:
+        sys.stderr.write(f"nst-jax batch: error: {e}\n")
+        return 3
     except (ValueError, TypeError, WeightsError, ImportError, optim.NonFiniteLossError) as e:
-        parser.exit(2, f"nst-jax batch: error: {e}\n")
+        parser.exit(2, f"nst-jax batch: error: {error_message(e)}\n")
     except KeyboardInterrupt:
         sys.stderr.write(f"nst-jax batch: interrupted; finished outputs are complete, run the same command again "
                          f"to do the rest (summary: {Path(out_dir) / batch.SUMMARY_NAME}).\n")

@@ -4,25 +4,41 @@ The CLI is generated from these fields (``nst_jax.cli``), so the two cannot
 drift. Defaults are jcjohnson/neural-style's. ``Settings`` is frozen and
 hashable; the parts that shape compiled code are passed to ``jax.jit`` as
 static arguments.
+
+Every field is checked when a ``Settings`` is made (types, ranges, and
+combinations where one setting would be ignored or fail later); a bad value
+raises :class:`SettingError`, whose message names the field (or, on the
+command line, its flag).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import numbers
+import os
+import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nst_jax import vgg
+import numpy as np
+
+from nst_jax import terms, vgg
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
+#: Largest allowed ``image_size`` (and style image size): a bound against typos; VGG-19's first layer alone
+#: would need about 1 TB at this size.
+MAX_IMAGE_SIZE = 65535
 
 Optimizer = Literal["lbfgs", "adam"]
 LineSearch = Literal["none", "zoom", "backtracking", "jaxopt"]
 Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
+StyleLoss = Literal["gram", "w2"]
 
 
 def _opt(default, help: str, **kw):
@@ -39,7 +55,10 @@ class Settings:
     style_scale: float = _opt(1.0, "Style images are resized to image_size * style_scale (long side).")
     style_blend_weights: tuple[float, ...] | None = _opt(
         None, "One weight per style image (normalized to sum to 1); default equal.")
-    original_colors: bool = _opt(False, "Keep the content image's colors: the result's luminance, the content's chroma.")
+    original_colors: bool = _opt(
+        False, "Keep the content image's colors: the result's luminance, the content's chroma.")
+    aspect: float | None = _opt(None, "Width / height of the output when there is no content image (texture "
+                                      "synthesis, content_weight 0; the long side is image_size); default 1.")
 
     # --- losses
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted).")
@@ -51,6 +70,11 @@ class Settings:
     style_layer_weights: tuple[float, ...] | None = _opt(None, "Per style layer weights; default all 1.")
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
+    style_loss: StyleLoss = _opt(
+        "gram", "Style statistic: 'gram' (Gram matrices, neural-style) or 'w2' (Wasserstein-2 distance between "
+                "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
+                "another scale than 'gram': retune style_weight); from Python also any style kind registered "
+                "with nst_jax.terms.register.")
 
     # --- network
     weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), or unset "
@@ -118,14 +142,90 @@ class Settings:
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
 
+class SettingError(ValueError):
+    """A bad setting, or settings that do not go together.
+
+    The message names each setting the way its reader knows it: ``str(e)`` uses
+    the field names of :class:`Settings` (``image_size must be an integer >= 32,
+    got 8``); the command line renders it with its flags (``--image-size must
+    be ...``, see :meth:`render`).
+
+    Attributes:
+        fields: the names of the settings involved, the main one first.
+    """
+
+    def __init__(self, template: str, *fields: str, **values):
+        """Builds the message from a ``str.format`` template.
+
+        Args:
+            template: ``{name}`` (or ``{0}``, ``{1}``: ``fields[i]``) is a setting's name; ``{name=}`` the
+                setting with its value from ``values`` (``init='image'``; ``--init image`` on the command
+                line); ``{name=LITERAL}`` the setting with a Python literal (``{optimizer='lbfgs'}``); any
+                other key is a plain value from ``values``, formatted as ``str.format`` does.
+            fields: the settings involved.
+            values: the plain values, and the settings' values for ``{name=}``.
+        """
+        self.fields = tuple(fields)
+        parts: list = []
+        for literal, key, spec, conversion in string.Formatter().parse(template):
+            parts.append(literal)
+            if key is None:
+                continue
+            name, assign, given = key.partition("=")
+            name = self.fields[int(name)] if name.isdigit() else name
+            if name in self.fields:
+                value = (ast.literal_eval(given) if given else values.get(name)) if assign else None
+                parts.append((name, (_shown(value), _cli_text(value)) if assign else None))
+            else:
+                value = values[name]
+                value = {"r": _shown, "s": str, "a": ascii}.get(conversion, lambda v: v)(value)
+                parts.append(format(value, spec or ""))
+        self.parts = tuple(parts)
+        super().__init__(self.render())
+
+    def render(self, flag: Callable[[str], str] | None = None) -> str:
+        """The message; with ``flag`` (field name -> command-line flag), in the command line's terms."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            name, assigned = part
+            if flag is None:
+                out.append(name if assigned is None else f"{name}={assigned[0]}")
+            else:
+                out.append(flag(name) if assigned is None else f"{flag(name)} {assigned[1]}")
+        return "".join(out)
+
+    def __reduce__(self):  # the message parts are plain strings: picklable whatever the values were
+        return _setting_error, (self.parts, self.fields)
+
+
+def _setting_error(parts: tuple, fields: tuple[str, ...]) -> SettingError:
+    error = SettingError.__new__(SettingError)
+    error.parts, error.fields = parts, fields
+    ValueError.__init__(error, error.render())
+    return error
+
+
+def _shown(value, limit: int = 80) -> str:
+    """``repr(value)``, shortened: error messages quote whatever a caller passed."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cli_text(value) -> str:
+    """How a value is written on the command line (``nargs='+'`` lists: space separated)."""
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _set(s, name, value):
     object.__setattr__(s, name, value)
-
-
-def _check_choice(s, name):
-    value, allowed = getattr(s, name), _CHOICES[name]
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}.")
 
 
 _CHOICES = {
@@ -140,103 +240,230 @@ _CHOICES = {
     "conv_algorithm": ("auto", "direct", "winograd"),
 }
 
+# Upper bounds. Iteration counts and intervals are traced as int32 in the compiled loop; weights, rates and
+# tolerances are used in float32, whose largest finite value is 3.4e+38.
+_INT32_MAX = 2**31 - 1
+_SEED_MAX = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
+_FLOAT32_MAX = 3.4028234663852886e38
+_MIN_STYLE_SIZE = 16  # images.MIN_SIZE: the smallest side VGG-19 accepts
 
-def _finite_nonneg(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+def _choice(name, value):
+    allowed = _CHOICES[name]
+    if not (value is None or isinstance(value, str)) or value not in allowed:
+        raise SettingError("{0} must be one of {allowed}; got {got!r}.", name,
+                           allowed=", ".join(repr(a) for a in allowed), got=value)
+    return value
+
+
+def _integer(name, value, lo, hi=_INT32_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingError("{0} must be an integer, got {got!r}.", name, got=value)
+    v = int(value)
+    if v < lo:
+        raise SettingError("{0} must be an integer >= {lo}, got {got}.", name, lo=lo, got=v)
+    if v > hi:
+        raise SettingError("{0} must be an integer <= {hi}, got {got!r}.", name, hi=hi, got=v)
     return v
 
 
-def _weights_tuple(name, values, n, what):
+def _real(name, value, *, nonneg=False) -> float:
+    """A finite number (>= 0 with ``nonneg``) within float32's range, as a Python float."""
+    what = "a finite number >= 0" if nonneg else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SettingError("{0} must be " + what + ", got {got!r}.", name, got=value)
+    if nonneg and value < 0:
+        raise SettingError("{0} must be " + what + ", got {got!r}.", name, got=value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float64
+        v = math.inf if value > 0 else -math.inf
+    else:
+        if not math.isfinite(v):
+            raise SettingError("{0} must be " + what + ", got {got!r}.", name, got=value)
+    if abs(v) > _FLOAT32_MAX:
+        bound = "at most 3.4e+38" if nonneg else "between -3.4e+38 and 3.4e+38"
+        raise SettingError("{0} must be " + bound + " (float32's range), got {got!r}.", name, got=value)
+    return v
+
+
+def _positive(name, value) -> float:
+    v = _real(name, value, nonneg=True)
+    if v <= 0:
+        raise SettingError("{0} must be > 0, got {got!r}.", name, got=value)
+    return v
+
+
+def _flag(name, value) -> bool:
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise SettingError("{0} must be True or False, got {got!r}.", name, got=value)
+
+
+def _path(name, value, what="a file path") -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise SettingError("{0} must be " + what + ", got {got!r}.", name, got=value)
+    return value
+
+
+def _items(name, value, what):
+    """``value`` as a list: a list, tuple or other ordered iterable (not a string, set or dict)."""
+    if isinstance(value, (str, bytes, dict, set, frozenset)):
+        raise SettingError("{0} must be a list of " + what + ", got {got!r}.", name, got=value)
+    try:
+        return list(value)
+    except TypeError:
+        raise SettingError("{0} must be a list of " + what + ", got {got!r}.", name, got=value) from None
+
+
+def _layers(name, value) -> tuple[str, ...]:
+    names = value if isinstance(value, str) else _items(name, value, "VGG-19 layer names")
+    if not isinstance(names, str) and not all(isinstance(n, str) for n in names):
+        raise SettingError("{0} must be a list of VGG-19 layer names (e.g. ('relu4_2',)), got {got!r}.",
+                           name, got=value)
+    try:
+        return vgg.canonical_layers(names)
+    except ValueError as e:
+        raise SettingError("{0}: {why}", name, why=e) from None
+
+
+def _weights(name, values, count=None, what=""):
+    """Per-item weights: None, or a tuple of finite numbers >= 0 (one per item when ``count`` is given)."""
     if values is None:
         return None
-    if isinstance(values, (int, float, str)):
-        values = [values]
-    vals = tuple(_finite_nonneg(name, v) for v in values)
-    if len(vals) != n:
-        raise ValueError(f"{name} has {len(vals)} value(s) but there are {n} {what}; give one per {what[:-1]}.")
+    items = [values] if isinstance(values, numbers.Real) and not isinstance(values, bool) else \
+        _items(name, values, "numbers")
+    vals = tuple(_real(name, v, nonneg=True) for v in items)
+    if count is not None and len(vals) != count:
+        raise SettingError("{0} has {n} value(s) but there are {count} {what}; give one per {one}.", name,
+                           n=len(vals), count=count, what=what, one=what[:-1])
     return vals
 
 
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
-        _check_choice(s, name)
+        _set(s, name, _choice(name, getattr(s, name)))
+    for name in ("original_colors", "remat"):
+        _set(s, name, _flag(name, getattr(s, name)))
+    _set(s, "weights", _path("weights", s.weights, "a weights file path (.h5 or .npz), 'random', or None"))
+    _set(s, "init_image", _path("init_image", s.init_image, "an image file path or None"))
+    _set(s, "image_size", _integer("image_size", s.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
+    for name, lo in (("num_iterations", 0), ("lbfgs_history", 1), ("chunk_size", 1), ("print_every", 0),
+                     ("save_every", 0)):
+        _set(s, name, _integer(name, getattr(s, name), lo))
+    _set(s, "seed", _integer("seed", s.seed, 0, _SEED_MAX))
+    if s.scale_iterations is not None:
+        _set(s, "scale_iterations", _integer("scale_iterations", s.scale_iterations, 0))
     for name in ("content_layers", "style_layers"):
-        _set(s, name, vgg.canonical_layers(getattr(s, name)))
+        _set(s, name, _layers(name, getattr(s, name)))
     for name in ("content_weight", "style_weight", "tv_weight", "tolerance_grad", "tolerance_change"):
-        _set(s, name, _finite_nonneg(name, getattr(s, name)))
-    _set(s, "content_layer_weights",
-         _weights_tuple("content_layer_weights", s.content_layer_weights, len(s.content_layers), "content layers"))
-    _set(s, "style_layer_weights",
-         _weights_tuple("style_layer_weights", s.style_layer_weights, len(s.style_layers), "style layers"))
-    if s.style_blend_weights is not None:
-        vals = _weights_tuple("style_blend_weights", s.style_blend_weights, len(tuple(
-            [s.style_blend_weights] if isinstance(s.style_blend_weights, (int, float, str))
-            else s.style_blend_weights)), "style images")
-        if sum(vals) <= 0:
-            raise ValueError("style_blend_weights must not all be 0.")
-        _set(s, "style_blend_weights", vals)
-    _validate_scales(s)
-    for name, lo in (("image_size", MIN_IMAGE_SIZE), ("num_iterations", 0), ("lbfgs_history", 1),
-                     ("chunk_size", 1), ("print_every", 0), ("save_every", 0), ("seed", 0)):
-        v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}.")
-    for name in ("style_scale",):
-        v = _finite_nonneg(name, getattr(s, name))
-        if v <= 0:
-            raise ValueError(f"{name} must be > 0, got {v!r}.")
-        _set(s, name, v)
+        _set(s, name, _real(name, getattr(s, name), nonneg=True))
+    _set(s, "activation_shift", _real("activation_shift", s.activation_shift))
+    _set(s, "style_loss", _style_loss(s.style_loss))
+    if s.aspect is not None:
+        _set(s, "aspect", _positive("aspect", s.aspect))
+    for name in ("style_scale", "epsilon"):
+        _set(s, name, _positive(name, getattr(s, name)))
     if s.learning_rate is not None:
-        v = _finite_nonneg("learning_rate", s.learning_rate)
-        if v <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {s.learning_rate!r}.")
-        _set(s, "learning_rate", v)
+        _set(s, "learning_rate", _positive("learning_rate", s.learning_rate))
     for name in ("beta1", "beta2"):
-        v = _finite_nonneg(name, getattr(s, name))
+        v = _real(name, getattr(s, name), nonneg=True)
         if v >= 1:
-            raise ValueError(f"{name} must be in [0, 1), got {v!r}.")
+            raise SettingError("{0} must be in [0, 1), got {got!r}.", name, got=v)
         _set(s, name, v)
-    eps = _finite_nonneg("epsilon", s.epsilon)
-    if eps <= 0:
-        raise ValueError(f"epsilon must be > 0, got {s.epsilon!r}.")
-    _set(s, "epsilon", eps)
-    shift = float(s.activation_shift)
-    if not math.isfinite(shift):
-        raise ValueError(f"activation_shift must be finite, got {s.activation_shift!r}.")
-    _set(s, "activation_shift", shift)
-    if s.init == "image" and not s.init_image:
-        raise ValueError("init='image' needs init_image: the path of the image to start from.")
-    if s.weights is not None and not isinstance(s.weights, str):
-        _set(s, "weights", str(s.weights))
+    _set(s, "content_layer_weights", _weights("content_layer_weights", s.content_layer_weights,
+                                              len(s.content_layers), "content layers"))
+    _set(s, "style_layer_weights", _weights("style_layer_weights", s.style_layer_weights,
+                                            len(s.style_layers), "style layers"))
+    blend = _weights("style_blend_weights", s.style_blend_weights)
+    if blend is not None and sum(blend) <= 0:
+        raise SettingError("{0} must not all be 0.", "style_blend_weights")
+    _set(s, "style_blend_weights", blend)
+    _validate_scales(s)
+    _validate_combinations(s)
 
 
 def _validate_scales(s: Settings) -> None:
-    scales = s.scales
-    if isinstance(scales, (int, str)) and not isinstance(scales, bool):
-        scales = [scales]
-    try:
-        vals = tuple(int(v) for v in scales)
-        ok = all(float(v) == int(v) and not isinstance(v, bool) for v in scales)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"scales must be a list of integers (long sides in pixels), got {s.scales!r}.")
+    values = s.scales
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        values = [values]
+    items = _items("scales", values, "integers (long sides in pixels)")
+    if not all(_is_integral(v) for v in items):
+        raise SettingError("{0} must be a list of integers (long sides in pixels), got {got!r}.", "scales",
+                           got=s.scales)
+    vals = tuple(int(v) for v in items)
     if vals:
         if min(vals) < MIN_IMAGE_SIZE:
-            raise ValueError(f"scales must be >= {MIN_IMAGE_SIZE} pixels (VGG-19 pools four times), got {vals}.")
-        if any(b <= a for a, b in zip(vals, vals[1:])) or (isinstance(s.image_size, int) and vals[-1] >= s.image_size):
-            raise ValueError(f"scales must increase and stay below image_size={s.image_size}, got {vals}; "
-                             f"e.g. scales=({s.image_size // 2},) for one half-size stage.")
+            raise SettingError("{0} must be >= {lo} pixels (VGG-19 pools four times), got {got}.", "scales",
+                               lo=MIN_IMAGE_SIZE, got=vals)
+        if any(b <= a for a, b in zip(vals, vals[1:])) or vals[-1] >= s.image_size:
+            example = _coarse_example(s.image_size)
+            raise SettingError("{scales} must increase and stay below {image_size=}, got {got}"
+                               + ("; e.g. {scales=} for one coarse stage." if example else
+                                  f"; scales are at least {MIN_IMAGE_SIZE} px, so coarse-to-fine needs a larger "
+                                  "{image_size}."),
+                               "scales", "image_size", image_size=s.image_size, got=vals, scales=example)
     _set(s, "scales", vals)
-    if s.scale_iterations is not None:
-        v = s.scale_iterations
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"scale_iterations must be an integer >= 0, got {v!r}.")
+
+
+def _coarse_example(image_size: int) -> tuple[int, ...] | None:
+    """A valid one-stage ``scales`` for ``image_size`` (about half of it), for messages; None if there is none."""
+    half = max(image_size // 2, MIN_IMAGE_SIZE)
+    return (half,) if half < image_size else None
+
+
+def _is_integral(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, numbers.Integral):
+        return True
+    return isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer()
+
+
+def _style_loss(value) -> str:
+    allowed = terms.kinds("style")
+    if not isinstance(value, str) or value not in allowed:
+        raise SettingError("{0} must be one of {allowed}; got {got!r}.", "style_loss",
+                           allowed=", ".join(repr(a) for a in allowed), got=value)
+    return value
+
+
+def _validate_combinations(s: Settings) -> None:
+    """Settings that are each valid but do not go together (one would be ignored, or fail later)."""
+    if s.activation_shift and s.style_loss != "gram":
+        raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
+                           "leave {activation_shift} at 0.", "activation_shift", "style_loss",
+                           style_loss=s.style_loss)
+    if s.init == "image" and not s.init_image:
+        raise SettingError("{init=} needs {init_image}: the path of the image to start from.",
+                           "init", "init_image", init=s.init)
+    if s.init_image and s.init != "image":
+        raise SettingError("{init_image} is only used with {init='image'}, got {init=}: add {init='image'} or "
+                           "leave {init_image} unset.", "init_image", "init", init=s.init)
+    if s.lbfgs_linesearch != "none" and s.optimizer != "lbfgs":
+        raise SettingError("{lbfgs_linesearch=} is only used with {optimizer='lbfgs'}, got {optimizer=}: "
+                           "leave {lbfgs_linesearch} unset or use {optimizer='lbfgs'}.",
+                           "lbfgs_linesearch", "optimizer", lbfgs_linesearch=s.lbfgs_linesearch,
+                           optimizer=s.optimizer)
+    if s.scale_iterations is not None and not s.scales:
+        example = _coarse_example(s.image_size)
+        raise SettingError("{scale_iterations} is only used with {scales} (coarse-to-fine): "
+                           + ("add e.g. {scales=} or " if example else "") + "leave {scale_iterations} unset.",
+                           "scale_iterations", "scales", scales=example)
+    style_px = int(s.image_size * s.style_scale)
+    if style_px < _MIN_STYLE_SIZE:
+        raise SettingError("{style_scale=} makes the style images {px} px (long side) at {image_size=}; they "
+                           "must be at least {lo} px: use {style_scale} >= {need:.3g}.", "style_scale",
+                           "image_size", style_scale=s.style_scale, image_size=s.image_size, px=style_px,
+                           lo=_MIN_STYLE_SIZE, need=_MIN_STYLE_SIZE / s.image_size)
+    if style_px > MAX_IMAGE_SIZE:
+        raise SettingError("{style_scale=} makes the style images {px} px (long side) at {image_size=}; at "
+                           "most {hi} px.", "style_scale", "image_size", style_scale=s.style_scale,
+                           image_size=s.image_size, px=style_px, hi=MAX_IMAGE_SIZE)
 
 
 def stages(s: Settings) -> list[tuple[int, int]]:

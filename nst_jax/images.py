@@ -24,30 +24,47 @@ Choices that differ from, or pin down, the reference implementations
   downscaling): the filter torchvision's ``transforms.Resize`` applies to PIL
   images, which is what neural-style-pt uses. We resize float32 channels ("F"
   mode) rather than 8-bit images, so there is no 8-bit rounding.
-* Only the first frame of multi-frame files (GIF, TIFF) is read.
+* Only the first frame of multi-frame files (animated GIF, WebP and PNG,
+  multi-page TIFF) is read, with an :class:`ImageWarning` that names the file.
+* Files are rotated upright by their EXIF Orientation tag, as viewers show them.
+* A file's bytes are read once and decoded from memory, so a program rewriting
+  the file meanwhile cannot make us decode half the old and half the new file.
+* Images with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89
+  million) are refused as possible decompression bombs; the environment
+  variable ``NST_JAX_MAX_IMAGE_PIXELS`` (or ``load_image(max_pixels=...)``)
+  sets another limit, 0 none. EPS files are never opened: Pillow would run
+  Ghostscript on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import operator
 import os
 import re
 import secrets
+import stat
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS_ENV",
     "MIN_SIZE",
     "SAVE_FORMATS",
     "ImageError",
+    "ImageWarning",
     "check_output_path",
+    "check_overwrite",
+    "is_own_output",
     "list_images",
     "load_image",
     "original_colors",
@@ -55,6 +72,7 @@ __all__ = [
     "resize",
     "resize_long_side",
     "rgb_to_yuv",
+    "same_file",
     "save_image",
     "target_size",
     "to_pil",
@@ -92,6 +110,32 @@ _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 # Float inputs may overshoot [0, 1] by rounding error; more than this is an error.
 _RANGE_TOLERANCE = 1e-3
 
+#: Environment variable with the largest image, in pixels (width x height),
+#: that ``load_image`` decodes; 0 disables the check. Unset: Pillow's
+#: ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million).
+MAX_PIXELS_ENV = "NST_JAX_MAX_IMAGE_PIXELS"
+
+# Formats never opened: Pillow's EPS reader runs Ghostscript on the file, and
+# inputs may come from anywhere.
+_UNSAFE_FORMATS = frozenset({"EPS"})
+
+# Pillow reads its decompression-bomb limit from a module global; a decode with
+# another limit sets the global for its duration, under this lock.
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+# What files Pillow cannot read often are, by their first bytes, and the fix.
+_SIGNATURES = (
+    (b"%PDF", "a PDF document; export the page as PNG or JPEG (e.g. from a PDF viewer)"),
+    (b"%!PS", "a PostScript/EPS file, which nst_jax does not open (Pillow would run "
+              "Ghostscript on it); export it as PNG"),
+    (b"\xc5\xd0\xd3\xc6", "a PostScript/EPS file, which nst_jax does not open (Pillow would run "
+                          "Ghostscript on it); export it as PNG"),
+    (b"PK\x03\x04", "a ZIP archive (Office documents are ZIP archives too); take the image "
+                    "out of it"),
+    (b"\x1f\x8b", "a gzip-compressed file; decompress it first"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
 # BT.601 RGB -> YUV, the coefficients of torch's image.rgb2yuv that
 # neural-style's -original_colors uses. torch's yuv2rgb uses rounded inverse
 # coefficients (differences ~1e-4); we use the exact inverse so that
@@ -112,37 +156,63 @@ class ImageError(ValueError):
     """A bad image input or output path; the message names it and the fix."""
 
 
+class ImageWarning(UserWarning):
+    """An image was loaded, but not all of it or not exactly: the message names it and why."""
+
+
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
 
 
-def load_image(source: ImageSource, *, label: str = "image") -> np.ndarray:
+def load_image(
+    source: ImageSource, *, label: str = "image", max_pixels: int | None = None
+) -> np.ndarray:
     """Loads an image as a float32 (H, W, 3) RGB array in [0, 1].
+
+    Files are read once into memory and decoded from there, rotated upright
+    by their EXIF Orientation tag (all 8 orientations, as viewers do). Pixel
+    formats: grayscale is replicated to 3 channels; transparency (RGBA, LA,
+    palette or grayscale with a transparent color) is composited over white;
+    16-bit images map 0..65535 to 0..1 without 8-bit rounding (48-bit RGB
+    PNGs are reduced to 8 bits by Pillow); CMYK goes through Pillow's
+    conversion (a warning if an ICC profile is embedded, which is not
+    applied). Of animated or multi-page files (GIF, WebP, PNG, TIFF) the first
+    frame is used, with an :class:`ImageWarning`.
 
     Args:
       source: a file path; a ``PIL.Image.Image``; or an array of shape
         (H, W, 3) or (H, W) (grayscale, replicated to 3 channels) that is
-        float in [0, 1], uint8 (0..255) or uint16 (0..65535). Files are
-        rotated upright by their EXIF Orientation tag; PIL images and arrays
-        are taken as they are.
+        float in [0, 1], uint8 (0..255) or uint16 (0..65535). PIL images and
+        arrays are taken as they are (no EXIF rotation, no pixel limit).
       label: how error messages refer to this input, e.g. "content image" or
         "style image 2".
+      max_pixels: the largest file accepted, in pixels (width x height), a
+        guard against decompression bombs; 0 accepts any size. Default: the
+        environment variable ``NST_JAX_MAX_IMAGE_PIXELS`` if set, else
+        ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million pixels).
 
     Returns:
       A new float32 array of shape (H, W, 3) with values in [0, 1].
 
     Raises:
-      ImageError: the file is missing, a directory, not an image, truncated
-        or corrupt, larger than ``PIL.Image.MAX_IMAGE_PIXELS``; the array has
-        the wrong shape, dtype, NaNs or out-of-range values; or either side is
-        smaller than ``MIN_SIZE`` pixels.
+      ImageError: the file is missing, a directory or not a regular file,
+        unreadable, empty, not an image (the message says what it seems to be:
+        PDF, ZIP, HTML, SVG, HEIC, text...), truncated or corrupt, or larger
+        than the pixel limit; the array has the wrong shape, dtype, NaNs or
+        out-of-range values; or either side is smaller than ``MIN_SIZE``
+        pixels.
+
+    Warns:
+      ImageWarning: only the first of several frames was used; a CMYK ICC
+        profile was not applied; EXIF metadata was unreadable (orientation
+        not applied); Pillow warned while decoding (repeated with the name).
     """
     name = label
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         name = f"{label} '{path}'"
-        image = _pil_to_array(_open_file(path, name), name)
+        image = _pil_to_array(_open_file(path, name, max_pixels), name)
     elif isinstance(source, Image.Image):
         image = _pil_to_array(source, name)
     elif isinstance(source, np.ndarray) or hasattr(source, "__array__"):
@@ -156,38 +226,223 @@ def load_image(source: ImageSource, *, label: str = "image") -> np.ndarray:
     return image
 
 
-def _open_file(path: Path, name: str) -> Image.Image:
-    """Opens, fully decodes and EXIF-rotates an image file."""
-    if path.is_dir():
-        raise ImageError(f"{name} is a directory, not an image file; pass the path of an image")
-    if not path.exists():
+def _open_file(path: Path, name: str, max_pixels: int | None) -> Image.Image:
+    """Reads, fully decodes and EXIF-rotates an image file (its first frame)."""
+    data = _read_file(path, name)
+    limit = _pixel_limit(max_pixels, name)
+    img, frames = _decode(data, name, limit)
+    if frames != 1:
+        count = f"{frames} frames" if frames else "several frames"
+        warnings.warn(
+            f"{name} has {count} (an animation or a multi-page file); only the first "
+            "is used. To use another frame, save it as an image of its own.",
+            ImageWarning,
+            stacklevel=3,
+        )
+    return img
+
+
+def _read_file(path: Path, name: str) -> bytes:
+    """The bytes of a regular file, read once.
+
+    Decoding from memory means that a program rewriting the file meanwhile
+    cannot make us decode part of the old and part of the new contents; a file
+    a writer has cut short reads as truncated.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(
+                f"{name} is a symbolic link to '{os.readlink(path)}', which does not exist; "
+                "fix the link or pass the image's own path"
+            ) from None
         raise ImageError(
             f"{name} not found; check the path (relative paths start at {os.getcwd()})"
+        ) from None
+    except PermissionError as e:
+        raise ImageError(
+            f"{name} cannot be read: permission denied on a directory in its path; "
+            "fix its permissions"
+        ) from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        reason = getattr(e, "strerror", None) or e
+        raise ImageError(f"{name} cannot be read ({reason}); check the path") from e
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{name} is a directory, not an image file; pass the path of an image")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(
+            f"{name} is not a regular file (a device, named pipe or socket); pass the path of "
+            "an image file"
         )
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # force a full decode: truncation shows up here
-                return ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with open(path, "rb") as f:
+            data = f.read()
+    except PermissionError as e:
+        raise ImageError(f"{name} cannot be read: permission denied; fix its permissions") from e
+    except OSError as e:
         raise ImageError(
-            f"{name} is too large to open safely ({e}); downscale it first, or if you "
-            "trust the file raise PIL.Image.MAX_IMAGE_PIXELS (None disables the check)"
+            f"{name} could not be read ({e.strerror or e}); check the file and its disk"
         ) from e
+    if not data:
+        raise ImageError(
+            f"{name} is empty (0 bytes), not an image file; re-download or re-export it"
+        )
+    return data
+
+
+def _pixel_limit(max_pixels: int | None, name: str) -> int | None:
+    """The pixel limit in effect (None: none): the argument, else the environment, else Pillow's."""
+    origin = f"max_pixels={max_pixels!r}"
+    if max_pixels is None:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return Image.MAX_IMAGE_PIXELS
+        origin = f"{MAX_PIXELS_ENV}={text!r}"
+        try:
+            max_pixels = int(text.replace(",", "").replace("_", ""))
+        except ValueError:
+            max_pixels = -1
+    try:
+        limit = operator.index(max_pixels)
+    except TypeError:
+        limit = -1
+    if isinstance(max_pixels, bool) or limit < 0:
+        raise ImageError(
+            f"cannot open {name}: {origin} is not a whole number of pixels; set it to the "
+            "largest width x height to accept, e.g. 200000000, or 0 to accept any size"
+        )
+    return limit or None
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(limit: int | None):
+    """Pillow's decompression-bomb check with ``limit``; its warning (1x to 2x) is an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if limit == Image.MAX_IMAGE_PIXELS:
+            yield
+            return
+        with _PIXEL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode(data: bytes, name: str, limit: int | None) -> tuple[Image.Image, int]:
+    """Decodes a file's bytes.
+
+    Returns:
+      (the first frame, upright and fully loaded; the number of frames, 0 if
+      they cannot be counted).
+    """
+    Image.init()
+    formats = [f for f in Image.ID if f not in _UNSAFE_FORMATS]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _pillow_pixel_limit(limit), Image.open(io.BytesIO(data), formats=formats) as img:
+                frames = _frame_count(img)
+                img.load()  # a full decode: truncation and corruption show up here
+                img = _upright(img, name)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(name, limit, e) from e
     except UnidentifiedImageError as e:
+        what = _what_it_is(data)
+        if what:
+            raise ImageError(
+                f"{name} is not an image file Pillow can read: it looks like {what}"
+            ) from e
         raise ImageError(
             f"{name} is not an image file Pillow can read; check that it is really "
             "an image (e.g. open it in a viewer) or re-save it as PNG or JPEG"
         ) from e
-    except PermissionError as e:
-        raise ImageError(f"{name} cannot be read: permission denied; fix its permissions") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError as e:
         raise ImageError(
-            f"{name} is truncated or corrupt and could not be decoded ({e}); "
+            f"{name} is too large to decode in the memory available; downscale it first"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - whatever a decoder raises on these bytes: a bad file
+        raise ImageError(
+            f"{name} is truncated or corrupt and could not be decoded ({e or type(e).__name__}); "
             "re-download or re-export it"
         ) from e
+    for w in caught:  # Pillow's own warnings (corrupt metadata...), with the file's name
+        category = w.category if issubclass(w.category, ImageWarning) else ImageWarning
+        text = str(w.message) if category is w.category else f"{name}: {w.message}"
+        warnings.warn(text, category, stacklevel=4)
+    return img, frames
+
+
+def _frame_count(img: Image.Image) -> int:
+    """Frames of an animated or multi-page image (1 if still, 0 if they cannot be counted)."""
+    if img.format == "MPO":  # cameras store previews or depth maps after the photo: not frames
+        return 1
+    try:
+        return img.n_frames if getattr(img, "is_animated", False) else 1
+    except Exception:  # noqa: BLE001 - a later frame is corrupt; the first may be fine
+        img.seek(0)
+        return 0
+
+
+def _upright(img: Image.Image, name: str) -> Image.Image:
+    """A copy of ``img`` turned as its EXIF Orientation tag says."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as e:  # noqa: BLE001 - bad metadata must not lose good pixels
+        warnings.warn(
+            f"{name} has unreadable EXIF metadata ({e}); its orientation is not applied, "
+            "so it may appear rotated or mirrored",
+            ImageWarning,
+            stacklevel=5,
+        )
+        return img.copy()
+
+
+def _too_large(name: str, limit: int | None, error: Exception) -> ImageError:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = int(found[1]) if found else None
+    size = f"{pixels:,} pixels" if pixels else "too many pixels"
+    limit_text = f"the limit of {limit:,}" if limit else "the limit"
+    example = pixels or 4 * (limit or Image.MAX_IMAGE_PIXELS or 1)
+    return ImageError(
+        f"{name} is too large to open safely: {size}, more than {limit_text} that guards "
+        "against decompression bombs; downscale it first, or if you trust the file raise the "
+        f"limit with the environment variable {MAX_PIXELS_ENV} (e.g. {MAX_PIXELS_ENV}={example}; "
+        "0 accepts any size) or load_image(..., max_pixels=...)"
+    )
+
+
+def _what_it_is(data: bytes) -> str | None:
+    """What a file Pillow cannot read seems to be, with the fix (None if nothing is recognized)."""
+    head = data[:2048]
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "a HEIC/HEIF photo, which this Pillow build cannot read; convert it to JPEG or PNG"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return ("an HTML page (a download that got a web page instead of the image?); "
+                "download the image itself")
+    if b"<svg" in text and text.startswith((b"<?xml", b"<svg", b"<!--", b"<!doctype svg")):
+        return "an SVG vector image; export it as PNG (e.g. with Inkscape or a web browser)"
+    if _is_text(head):
+        return "a text file; check the path (is it the image you meant?)"
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of ``head``
+            return False
+        text = head[: e.start].decode("utf-8")
+    return bool(text.strip()) and all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
 def _pil_to_array(img: Image.Image, name: str) -> np.ndarray:
@@ -197,7 +452,11 @@ def _pil_to_array(img: Image.Image, name: str) -> np.ndarray:
         return _convert_mode(img, name)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError as e:
+        raise ImageError(
+            f"{name} is too large to convert in the memory available; downscale it first"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - any failure of Pillow's loading or conversion
         raise ImageError(
             f"{name} (mode {img.mode!r}) could not be converted to RGB ({e}); "
             "re-save it as an 8-bit RGB PNG or JPEG"
@@ -217,6 +476,7 @@ def _convert_mode(img: Image.Image, name: str) -> np.ndarray:
             f"{name} is CMYK with an embedded ICC profile, which nst_jax does not "
             "apply (it uses Pillow's plain CMYK->RGB formula); colors may be off. "
             "Convert it to sRGB in an image editor for exact colors.",
+            ImageWarning,
             stacklevel=4,
         )
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
@@ -470,8 +730,11 @@ def save_image(
 
     The file is written to a temporary file in the same directory, fsynced and
     renamed over ``path``, so a crash or error never leaves a partial output,
-    and an existing file is either fully replaced or untouched. Missing parent
-    directories are created. JPEG and WebP are written at quality 95.
+    and an existing file is either fully replaced or untouched. A missing
+    output directory is created if its own parent exists (only the last level:
+    a deeper missing path is more often a typo than a wish for a new tree).
+    JPEG and WebP are written at quality 95. Whether ``path`` may be replaced
+    is the caller's decision (see ``check_overwrite``).
 
     Args:
       img: float array (H, W, 3) or (H, W) in [0, 1] (values are clipped);
@@ -487,7 +750,8 @@ def save_image(
 
     Raises:
       ImageError: unsupported extension, NaN/inf pixels, an output directory
-        that cannot be created or written, or a failed write.
+        that cannot be created (also: whose parent is missing) or written, or
+        a failed write.
     """
     path = Path(path).expanduser()
     fmt = _format_for(path)
@@ -513,8 +777,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Checks up front that ``save_image(..., path)`` can succeed.
 
     Call it before a long optimization so that a typo fails in a second rather
-    than after an hour. Nothing is left behind: directories that do not exist
-    yet are not created (``save_image`` does that), but the closest existing
+    than after an hour. Nothing is left behind: a directory that does not exist
+    yet is not created (``save_image`` does that), but the closest existing
     one is tested by creating and removing a temporary file in it.
 
     Args:
@@ -525,7 +789,9 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
 
     Raises:
       ImageError: unsupported extension, a path that is a directory, a parent
-        "directory" that is a file, or a directory that is not writable.
+        "directory" that is a file, a missing output directory whose parent is
+        missing too (only the last level is created), or a directory that is
+        not writable.
     """
     path = Path(path).expanduser()
     _format_for(path)
@@ -536,6 +802,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
             f"cannot create output directory '{path.parent}': '{directory}' is a file, "
             "not a directory; choose another output path"
         )
+    _check_missing_depth(path.parent)
     try:
         fd, probe = _create_temp(directory / path.name)
         os.close(fd)
@@ -545,6 +812,76 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
             f"output directory '{directory}' is not writable ({e.strerror or e}); "
             "choose another output path or fix its permissions"
         ) from e
+    return path
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: also through symlinks, ``..``, other
+    spellings and hard links (``os.path.samefile``); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def is_own_output(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an image that ``save_image`` wrote (a previous output).
+
+    ``save_image`` tags every file with its Software name, ``nst_jax <version>``:
+    a PNG text chunk, the EXIF Software tag in JPEG, WebP and TIFF. Only the
+    header is read. A missing, unreadable or untagged file (including every
+    format we cannot tag) is not ours, so it is replaced only when the user
+    says so (``check_overwrite``).
+    """
+    try:
+        with Image.open(Path(path).expanduser()) as img:
+            if img.format == "PNG":
+                software = img.info.get("Software", "")  # our chunks precede the pixels
+            else:
+                software = img.getexif().get(_EXIF_SOFTWARE, "")
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return False
+    return str(software).startswith(METADATA_KEY + " ")
+
+
+def check_overwrite(
+    path: str | os.PathLike[str],
+    inputs: Sequence[tuple[str, Any]] = (),
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Checks that writing ``path`` destroys nothing the user did not ask to replace.
+
+    An output is never one of the inputs (whatever the spelling, symlink or hard
+    link), not even with ``overwrite``. An existing file is replaced only if
+    nst_jax wrote it (``is_own_output``: a previous output) or ``overwrite``.
+
+    Args:
+      path: the intended output file.
+      inputs: ``(label, source)`` of each image the run reads, e.g.
+        ``("content image", "photo.jpg")``; sources that are not paths
+        (arrays, PIL images) are ignored.
+      overwrite: replace an existing file that nst_jax did not write.
+
+    Returns:
+      The path as a ``Path``.
+
+    Raises:
+      ImageError: ``path`` is an input, or an existing file that is not ours
+        and ``overwrite`` is false.
+    """
+    path = Path(path).expanduser()
+    for label, source in inputs:
+        if isinstance(source, (str, os.PathLike)) and same_file(path, Path(source).expanduser()):
+            raise ImageError(
+                f"output '{path}' is also the {label} '{source}'; writing it would replace an input "
+                "(even with --overwrite / overwrite=True): choose another output path"
+            )
+    if path.exists() and not overwrite and not is_own_output(path):
+        raise ImageError(
+            f"output '{path}' already exists and was not written by nst_jax; refusing to replace it: "
+            "choose another output path, or pass --overwrite (Python: overwrite=True) to replace it"
+        )
     return path
 
 
@@ -600,11 +937,25 @@ def _closest_existing(directory: Path) -> Path:
     return directory
 
 
+def _check_missing_depth(parent: Path) -> None:
+    """Only the last level of an output directory is ever created: a missing
+    grandparent is far more often a typo than a wish for a new tree."""
+    if parent.is_dir() or parent.parent.is_dir() or not _closest_existing(parent).is_dir():
+        return  # (a file in the way is reported by the callers)
+    raise ImageError(
+        f"cannot create output directory '{parent}': its parent '{parent.parent}' does "
+        f"not exist either (the closest existing directory is "
+        f"'{_closest_existing(parent)}'); only the last level of an output directory is "
+        "created, so check the path for a typo or create the directories first"
+    )
+
+
 def _make_parent_dir(path: Path) -> None:
     _reject_directory(path)
     parent = path.parent
+    _check_missing_depth(parent)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
         blocker = _closest_existing(parent)
         raise ImageError(

@@ -9,15 +9,25 @@ so the same weights give the same pictures:
 * content loss ``mean((F - P)^2)`` and style loss ``mean((G - A)^2)`` over the
   ``C x C`` entries (``nn.MSELoss``), each multiplied by its weight outside;
 * total variation ``sum |x[i+1, j] - x[i, j]| + sum |x[i, j+1] - x[i, j]|``
-  over the Caffe-space image (an L1 total variation, as neural-style-pt).
+  over the Caffe-space image (an L1 total variation, as neural-style-pt);
+* the Wasserstein-2 style loss of crowsonkb/style-transfer-pytorch: the squared W2 distance between
+  Gaussians with the activations' means and covariances (:func:`w2_loss`).
 
-Every function works on one image; batches come from ``jax.vmap``.
+Every function works on one image; batches come from ``jax.vmap``. How these become the terms of an
+objective (targets, weights, blending) is :mod:`nst_jax.terms`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from nst_jax import sqrtm
+
+#: The W2 loss's ridge: ``eps * I`` is added to every covariance (crowsonkb/style-transfer-pytorch's 1e-4).
+W2_EPS = 1e-4
+#: Newton-Schulz iterations of the W2 loss's matrix square root.
+W2_ITERATIONS = sqrtm.ITERATIONS
 
 
 def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
@@ -65,3 +75,58 @@ def blend_grams(grams: list[jax.Array], weights) -> jax.Array:
     for g, b in zip(grams[1:], weights[1:]):
         out = out + g * b
     return out
+
+
+def moments(features: jax.Array) -> dict[str, jax.Array]:
+    """Mean and second raw moment of one layer's activations over its pixels, in at least float32.
+
+    Unlike covariances, these average across images, so they are what several style images blend.
+
+    Returns:
+        ``{"mean": (C,) E[f], "second": (C, C) E[f f^T]}``.
+    """
+    h, w, c = features.shape
+    f = features.reshape(h * w, c).astype(jnp.promote_types(features.dtype, jnp.float32))
+    second = jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    return {"mean": jnp.mean(f, axis=0), "second": second}
+
+
+def w2_target(stats: dict[str, jax.Array], eps: float = W2_EPS) -> dict[str, jax.Array]:
+    """The W2 loss's target from (blended) :func:`moments`: the style covariance ``S_s = E[f f^T] - mu mu^T +
+    eps I`` enters the loss only through its trace and its square root, both computed here, once.
+
+    Returns:
+        ``{"mean": (C,), "cov_sqrt": (C, C) sqrt(S_s), "cov_trace": () tr(S_s)}``.
+    """
+    mean, second = stats["mean"], stats["second"]
+    cov = second - jnp.outer(mean, mean) + eps * jnp.eye(mean.shape[0], dtype=second.dtype)
+    return {"mean": mean, "cov_sqrt": sqrtm.sqrtm_eigh(cov), "cov_trace": jnp.trace(cov)}
+
+
+def w2_loss(features: jax.Array, target: dict[str, jax.Array], eps: float = W2_EPS,
+            iterations: int = W2_ITERATIONS) -> jax.Array:
+    """Squared Wasserstein-2 distance between Gaussians fitted to the activations and to the style (unweighted).
+
+    ``mean_c (mu - mu_s)^2 + tr(S_s + S - 2 sqrt(sqrt(S_s) S sqrt(S_s))) / C`` with the covariances
+    ``S = E[(f - mu)(f - mu)^T] + eps I`` (crowsonkb/style-transfer-pytorch's ``StyleLossW2``). The square
+    root is a Newton-Schulz iteration (:func:`nst_jax.sqrtm.trace_sqrtm`).
+
+    Args:
+        features: ``(H, W, C)`` activations.
+        target: :func:`w2_target` of the style.
+        eps: the ridge added to the covariance (the target's own was added when it was made).
+        iterations: Newton-Schulz iterations.
+    """
+    h, w, c = features.shape
+    f = features.reshape(h * w, c).astype(jnp.promote_types(features.dtype, jnp.float32))
+    mean = jnp.mean(f, axis=0)
+    centered = f - mean  # the covariance from centered activations: no cancellation against mu mu^T
+    cov = jnp.matmul(centered.T, centered, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    cov = cov + eps * jnp.eye(c, dtype=cov.dtype)
+    root = target["cov_sqrt"]
+    m = jnp.matmul(jnp.matmul(root, cov, precision=jax.lax.Precision.HIGHEST), root,
+                   precision=jax.lax.Precision.HIGHEST)
+    m = 0.5 * (m + m.T)
+    mean_term = jnp.mean(jnp.square(mean - target["mean"]))
+    cov_term = (target["cov_trace"] + jnp.trace(cov) - 2.0 * sqrtm.trace_sqrtm(m, iterations)) / c
+    return mean_term + cov_term

@@ -1,51 +1,103 @@
-"""The style-transfer objective: settings + precomputed targets -> one pure loss.
+"""The style-transfer objective: static structure + traced weights and targets -> one pure loss.
 
-``Objective`` is a frozen, hashable description of the loss (layers, weights,
-network options). It is a static argument of the jitted functions below, so
-the same settings reuse the same compiled code. Targets (content activations
-and style Gram matrices) are computed once, outside the optimization loop, and
-passed in as a pytree::
+``Objective`` is a frozen, hashable description of the loss: the network options and a tuple of
+:class:`nst_jax.terms.Term` (which statistic, which layers). It is a static argument of the jitted
+functions, so the same structure reuses the same compiled code. Everything a user sweeps is traced: the
+targets pytree holds, per term, its target statistics and its weights (global weight times per-layer
+weights)::
 
-    targets = {"content": {layer: (H_l, W_l, C_l)}, "style": {layer: (C_l, C_l)}}
+    targets = {"content": {"target": {layer: (H_l, W_l, C_l)}, "weight": (n_layers,)},
+               "style":   {"target": {layer: (C_l, C_l)},      "weight": (n_layers,)},
+               "tv":      {"target": {},                       "weight": (1,)}}
 
-All functions take one image; batches are ``jax.vmap`` of the same functions.
+so changing a weight or a target never recompiles, and ``vmap`` batches over them (weight sweeps).
+Targets are computed once, outside the optimization loop (:func:`make_targets`). A term whose global
+weight is 0 is left out of the structure (no content image is then needed for "content", no style image
+for "style"). All functions take one image; batches are ``jax.vmap`` of the same functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from nst_jax import conv, losses, vgg
+from nst_jax import conv, vgg
 from nst_jax.config import Settings
+from nst_jax.terms import INPUT, Term
+
+#: The terms :meth:`Objective.from_settings` builds: name -> (global weight field, per-layer weights field).
+SETTINGS_WEIGHTS = {"content": ("content_weight", "content_layer_weights"),
+                    "style": ("style_weight", "style_layer_weights"),
+                    "tv": ("tv_weight", None)}
+
+#: The named terms that read as 0 when absent (``Terms.content`` etc.), as the history records them.
+_CLASSIC = ("content", "style", "tv")
 
 
-class Terms(NamedTuple):
-    """The weighted loss terms of one image (each a scalar)."""
+@jax.tree_util.register_pytree_node_class
+class Terms(Mapping):
+    """The weighted loss terms of one image (each a scalar) by name, plus their sum ``"total"``.
 
-    total: jax.Array
-    content: jax.Array
-    style: jax.Array
-    tv: jax.Array
+    A mapping and a pytree (it travels through ``jit``/``vmap`` and optimizer states). ``terms.total``,
+    ``terms.content``, ``terms.style`` and ``terms.tv`` work as attributes (the last three are 0 when the
+    objective has no such term), as does any other term's name.
+
+    ``Terms(total, content, style, tv)`` (positional) or ``Terms(total, **named)``.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, total, content=None, style=None, tv=None, /, **named):
+        values = {"total": total}
+        values.update((k, v) for k, v in zip(_CLASSIC, (content, style, tv)) if v is not None)
+        values.update(named)
+        self._values = values
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._values:
+            return self._values[name]
+        if name in _CLASSIC:
+            return jnp.zeros_like(self._values["total"])
+        raise AttributeError(f"no loss term {name!r}; terms: {', '.join(self._values)}")
+
+    def __repr__(self):
+        return "Terms(" + ", ".join(f"{k}={v}" for k, v in self._values.items()) + ")"
+
+    def tree_flatten(self):
+        return tuple(self._values.values()), tuple(self._values)
+
+    @classmethod
+    def tree_unflatten(cls, names, values):
+        out = object.__new__(cls)
+        out._values = dict(zip(names, values))
+        return out
 
 
 @dataclass(frozen=True)
 class Objective:
-    """What the loss is made of; hashable (a static ``jit`` argument).
+    """What the loss is made of; hashable (a static ``jit`` argument). Weights and targets are not part of it.
 
-    Build it with :meth:`from_settings`.
+    Build it with :meth:`from_settings`, or directly from :class:`~nst_jax.terms.Term` objects.
     """
 
-    content_layers: tuple[str, ...]
-    style_layers: tuple[str, ...]
-    content_weights: tuple[float, ...]  # content_weight * per-layer weight
-    style_weights: tuple[float, ...]  # style_weight * per-layer weight
-    tv_weight: float
-    activation_shift: float = 0.0
+    terms: tuple[Term, ...]
     pooling: str = "max"
     padding: str = "zero"
     precision: str | None = None
@@ -55,82 +107,150 @@ class Objective:
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
-        cw = s.content_layer_weights or (1.0,) * len(s.content_layers)
-        sw = s.style_layer_weights or (1.0,) * len(s.style_layers)
-        return cls(
-            content_layers=s.content_layers,
-            style_layers=s.style_layers,
-            content_weights=tuple(s.content_weight * w for w in cw),
-            style_weights=tuple(s.style_weight * w for w in sw),
-            tv_weight=s.tv_weight,
-            activation_shift=s.activation_shift,
-            pooling=s.pooling,
-            padding=s.padding,
-            precision=s.precision,
-            remat=s.remat,
-            dtype=s.dtype,
-            conv_algorithm=conv.resolve_algorithm(s.conv_algorithm),
-        )
+        """The terms of ``s``: content (MSE), style (``s.style_loss``) and total variation, each only if its
+        weight is not 0."""
+        found = []
+        if s.content_weight:
+            found.append(Term.make("mse", "content", s.content_layers))
+        if s.style_weight:
+            # A Gram matrix's options; other statistics take none from the settings.
+            opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss == "gram" else {}
+            found.append(Term.make(s.style_loss, "style", s.style_layers, **opts))
+        if s.tv_weight:
+            found.append(Term.make("tv", "tv", (INPUT,)))
+        return cls(tuple(found), pooling=s.pooling, padding=s.padding, precision=s.precision, remat=s.remat,
+                   dtype=s.dtype, conv_algorithm=conv.resolve_algorithm(s.conv_algorithm))
+
+    def weights(self, s: Settings) -> dict[str, np.ndarray]:
+        """The traced weights of each term from settings: global weight times per-layer weights.
+
+        Returns:
+            ``{term name: (n_layers,) array}`` (float64 on the host; float32 once traced, unless x64 is on).
+        """
+        out = {}
+        for t in self.terms:
+            if t.name not in SETTINGS_WEIGHTS:
+                raise ValueError(f"term {t.name!r} has no weight among the settings; pass weights explicitly.")
+            scale, per_layer = SETTINGS_WEIGHTS[t.name]
+            per_layer = (getattr(s, per_layer) if per_layer else None) or (1.0,) * len(t.layers)
+            out[t.name] = np.asarray([getattr(s, scale) * w for w in per_layer], np.float64)
+        return out
+
+    def term(self, name: str) -> Term:
+        """The term called ``name``."""
+        for t in self.terms:
+            if t.name == name:
+                return t
+        raise KeyError(f"no term {name!r}; terms: {', '.join(t.name for t in self.terms)}")
+
+    def replace(self, **changes) -> "Objective":
+        """A copy with some fields changed (e.g. another ``dtype``: the same terms, another network)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """Every layer the loss reads, in network order."""
-        return tuple(sorted(set(self.content_layers) | set(self.style_layers), key=vgg.layer_index))
+        """Every VGG-19 layer the loss reads, in network order (the input image is not a layer)."""
+        return _network_layers(l for t in self.terms for l in t.layers)
+
+    def source_layers(self, source: str) -> tuple[str, ...]:
+        """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``."""
+        found = {l for t in self.terms if t.source == source for l in t.layers}
+        return _network_layers(found) + ((INPUT,) if INPUT in found else ())
 
     def prepare(self, params):
         """``params`` with what every evaluation would otherwise recompute from them (the Winograd kernel
         transforms with ``conv_algorithm="winograd"``), computed once: see :func:`nst_jax.vgg.prepare_params`."""
         return vgg.prepare_params(params, conv_algorithm=self.conv_algorithm, layers=self.layers)
 
-    def features(self, params, x: jax.Array, layers: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
-        """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``."""
-        feats = vgg.apply(params, x[None], layers or self.layers, pooling=self.pooling, padding=self.padding,
-                          precision=self.precision, remat=self.remat,
-                          dtype=None if self.dtype == "float32" else self.dtype,
-                          conv_algorithm=self.conv_algorithm)
-        return {k: v[0] for k, v in feats.items()}
+    def features(self, params, x: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
+        """Activations of one Caffe-space image ``(H, W, 3)`` -> ``{layer: (H_l, W_l, C_l)}``, plus the image
+        itself under :data:`~nst_jax.terms.INPUT`."""
+        net = _network_layers(self.layers if layers is None else layers)
+        out = {}
+        if net:
+            feats = vgg.apply(params, x[None], net, pooling=self.pooling, padding=self.padding,
+                              precision=self.precision, remat=self.remat,
+                              dtype=None if self.dtype == "float32" else self.dtype,
+                              conv_algorithm=self.conv_algorithm)
+            out = {k: v[0] for k, v in feats.items()}
+        out[INPUT] = x
+        return out
 
-    def gram(self, f: jax.Array) -> jax.Array:
-        return losses.gram(f, self.activation_shift, precision=vgg._PRECISIONS[self.precision])
+    def statistics(self, params, image: jax.Array, source: str) -> dict[str, dict]:
+        """``{term name: {layer: statistic}}`` of one Caffe-space image for the terms whose targets come from
+        ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features."""
+        chosen = [t for t in self.terms if t.source == source]
+        feats = self.features(params, image, self.source_layers(source)) if chosen else {}
+        return {t.name: {l: t.spec.make_target(feats[l], t.opts) for l in t.layers} for t in chosen}
 
-    def content_targets(self, params, content: jax.Array) -> dict[str, jax.Array]:
-        """Content activations of a Caffe-space content image."""
-        return self.features(params, content, self.content_layers)
-
-    def style_grams(self, params, style: jax.Array) -> dict[str, jax.Array]:
-        """Gram matrices of one Caffe-space style image at the style layers."""
-        feats = self.features(params, style, self.style_layers)
-        return {k: self.gram(v) for k, v in feats.items()}
+    def blend(self, stats: Sequence[dict], blend_weights: jax.Array) -> dict[str, dict]:
+        """The style targets from the :meth:`statistics` of several style images and normalized blend weights
+        (each kind's ``blend``)."""
+        return {t.name: {l: t.spec.blend([s[t.name][l] for s in stats], blend_weights, t.opts) for l in t.layers}
+                for t in self.terms if t.source == "style"}
 
     def loss(self, params, x: jax.Array, targets) -> Terms:
         """The weighted loss terms of one Caffe-space image ``x`` ``(H, W, 3)``."""
         feats = self.features(params, x)
-        content = sum((w * losses.content_loss(feats[l], targets["content"][l])
-                       for l, w in zip(self.content_layers, self.content_weights)), jnp.zeros((), x.dtype))
-        style = sum((w * losses.style_loss(self.gram(feats[l]), targets["style"][l])
-                     for l, w in zip(self.style_layers, self.style_weights)), jnp.zeros((), x.dtype))
-        tv = self.tv_weight * losses.tv_loss(x) if self.tv_weight else jnp.zeros((), x.dtype)
-        return Terms(content + style + tv, content, style, tv)
+        named = {}
+        for t in self.terms:
+            target, weight = targets[t.name].get("target", {}), targets[t.name]["weight"]
+            value = jnp.zeros((), x.dtype)
+            for i, layer in enumerate(t.layers):
+                per_layer = t.spec.loss(feats[layer], target.get(layer), t.opts)
+                # Stored before it is summed, so that every program adds the same numbers (batch invariance).
+                value = value + _stored(weight[i].astype(per_layer.dtype) * per_layer)
+            named[t.name] = value
+        values = list(named.values())
+        total = functools.reduce(jnp.add, values[1:], values[0]) if values else jnp.zeros((), x.dtype)
+        return Terms(total, **named)
 
     def value_and_grad(self, params, x: jax.Array, targets) -> tuple[Terms, jax.Array]:
         """Loss terms and the gradient of the total w.r.t. the image."""
         def total(x):
             t = self.loss(params, x, targets)
             return t.total, t
-        (_, terms), g = jax.value_and_grad(total, has_aux=True)(x)
-        return terms, g
+        (_, named), g = jax.value_and_grad(total, has_aux=True)(x)
+        return named, g
+
+
+@jax.custom_jvp
+def _stored(value: jax.Array) -> jax.Array:
+    """``value`` itself, computed by an operation that XLA neither fuses nor copies into its consumers.
+
+    Why: XLA:CPU copies cheap scalar arithmetic into each consumer, and LLVM may contract a multiplication
+    (a layer's loss times its weight) with the addition that sums it into one fused multiply-add, rounded
+    once. Which copies exist, and so which products are contracted, depends on XLA's fusion decisions, which
+    differ between one image and a batch: the terms and their total would differ in their last bits, and
+    neural-style's L-BFGS amplifies that. A sort is never fused, so every program rounds each weighted
+    value to its dtype and then only adds. (``jax.lax.optimization_barrier`` would not do: XLA:CPU removes
+    it before fusion.)
+    """
+    return jax.lax.sort(jnp.stack([value, value]))[0]
+
+
+_stored.defjvp(lambda primals, tangents: (_stored(primals[0]), tangents[0]))
+
+
+def _network_layers(layers) -> tuple[str, ...]:
+    return tuple(sorted({l for l in layers if l != INPUT}, key=vgg.layer_index))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def content_targets(objective: Objective, params, content: jax.Array):
-    """Jitted :meth:`Objective.content_targets`."""
-    return objective.content_targets(params, content)
+def content_targets(objective: Objective, params, content: jax.Array) -> dict[str, dict]:
+    """The content-source targets ``{term name: {layer: statistic}}`` of a Caffe-space content image."""
+    return objective.statistics(params, content, "content")
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def style_grams(objective: Objective, params, style: jax.Array):
-    """Jitted :meth:`Objective.style_grams`."""
-    return objective.style_grams(params, style)
+def style_statistics(objective: Objective, params, style: jax.Array) -> dict[str, dict]:
+    """The statistics ``{term name: {layer: statistic}}`` of one Caffe-space style image (before blending)."""
+    return objective.statistics(params, style, "style")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _blend(objective: Objective, stats, blend_weights):
+    return objective.blend(stats, blend_weights)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -139,8 +259,8 @@ def loss(objective: Objective, params, x: jax.Array, targets) -> Terms:
     return objective.loss(params, x, targets)
 
 
-def style_targets(objective: Objective, params, styles: list[jax.Array], blend_weights=None) -> dict:
-    """Blended style Gram matrices ``{layer: (C, C)}`` of Caffe-space style images (any sizes).
+def style_targets(objective: Objective, params, styles: Sequence[jax.Array], blend_weights=None) -> dict:
+    """Blended style targets ``{term name: {layer: target}}`` of Caffe-space style images (any sizes).
 
     Args:
         objective: the loss description.
@@ -148,6 +268,10 @@ def style_targets(objective: Objective, params, styles: list[jax.Array], blend_w
         styles: Caffe-space style images ``(H, W, 3)``.
         blend_weights: one weight per style image (normalized here); default equal.
     """
+    if not any(t.source == "style" for t in objective.terms):
+        return {}
+    if not styles:
+        raise ValueError("the objective has a style term but no style image was given.")
     if blend_weights is None:
         blend_weights = [1.0] * len(styles)
     if len(blend_weights) != len(styles):
@@ -156,14 +280,39 @@ def style_targets(objective: Objective, params, styles: list[jax.Array], blend_w
     total = float(sum(blend_weights))
     if total <= 0:
         raise ValueError("style blend weights must not all be 0.")
-    b = [float(w) / total for w in blend_weights]
-    grams = [style_grams(objective, params, s) for s in styles]
-    return {l: losses.blend_grams([g[l] for g in grams], b) for l in objective.style_layers}
+    b = jnp.asarray([float(w) / total for w in blend_weights])
+    return _blend(objective, [style_statistics(objective, params, s) for s in styles], b)
 
 
-def make_targets(objective: Objective, params, content: jax.Array, styles: list[jax.Array],
-                 blend_weights=None) -> dict:
-    """Precomputes the targets pytree from a Caffe-space content image ``(H, W, 3)`` and style images
-    (see :func:`style_targets`)."""
-    return {"content": content_targets(objective, params, content),
-            "style": style_targets(objective, params, styles, blend_weights)}
+def with_weights(objective: Objective, weights: Settings | Mapping[str, Sequence[float]], *parts: dict) -> dict:
+    """The targets pytree: each term's target (from ``parts``, the outputs of :func:`content_targets` and
+    :func:`style_targets`) and weights (``weights``: settings, or ``{term name: per-layer weights}``).
+
+    Raises:
+        ValueError: a term without a target or without weights of the right length.
+    """
+    if isinstance(weights, Settings):
+        weights = objective.weights(weights)
+    found = {name: t for part in parts for name, t in part.items()}
+    out = {}
+    for t in objective.terms:
+        if t.source is not None and t.name not in found:
+            raise ValueError(f"term {t.name!r} needs a target from a {t.source} image; none was given.")
+        w = weights[t.name]
+        if not isinstance(w, jax.Array):  # host numbers; a jax array (also a tracer) is used as it is
+            w = jnp.asarray(np.asarray(w, np.float64).reshape(-1))
+        if w.shape != (len(t.layers),):
+            raise ValueError(f"term {t.name!r} reads {len(t.layers)} layer(s) but has {w.size} weight(s).")
+        out[t.name] = {"target": found.get(t.name, {}), "weight": w}
+    return out
+
+
+def make_targets(objective: Objective, params, content: jax.Array | None, styles: Sequence[jax.Array],
+                 blend_weights=None, *, weights: Settings | Mapping[str, Sequence[float]]) -> dict:
+    """Precomputes the targets pytree from a Caffe-space content image ``(H, W, 3)`` (None without a
+    content term) and style images (see :func:`style_targets`), with the terms' ``weights`` (settings, or
+    ``{term name: per-layer weights}``; see :func:`with_weights`)."""
+    parts = [style_targets(objective, params, list(styles), blend_weights)]
+    if content is not None:
+        parts.append(content_targets(objective, params, content))
+    return with_weights(objective, weights, *parts)

@@ -44,11 +44,13 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nst_jax.config import Settings
@@ -90,6 +92,9 @@ class State(NamedTuple):
     grad: jax.Array  # gradient of terms.total at x
     iteration: jax.Array  # int32: iterations done by this image
     done: jax.Array  # bool: converged (or non-finite); frozen from then on
+    # int32: -1 while the loss is finite; else the iteration whose loss was NaN/inf (0: the initial image).
+    # That iteration is rolled back: x, terms, grad and iteration stay those of the last finite one.
+    nonfinite: jax.Array
 
 
 class NeuralStyleLBFGSState(NamedTuple):
@@ -308,8 +313,13 @@ def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets)
         opt_state = _jaxopt_solver(objective, spec).init_state(x0, params, targets)
     else:
         opt_state = _transformation(spec).init(x0)
-    done = _converged(spec, terms.total, terms.total + jnp.inf, grad) | ~jnp.isfinite(terms.total)
-    return State(x0, opt_state, terms, grad, jnp.zeros((), jnp.int32), done)
+        if spec.optimizer == "lbfgs" and spec.linesearch == "zoom":  # its state holds terms: this objective's
+            opt_state = (*opt_state[:-1], opt_state[-1]._replace(terms=jax.tree.map(
+                lambda t: jnp.full_like(t, jnp.nan), terms)))
+    finite = jnp.isfinite(terms.total)
+    done = _converged(spec, terms.total, terms.total + jnp.inf, grad) | ~finite
+    nonfinite = jnp.where(finite, jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.int32))  # int32, not weak
+    return State(x0, opt_state, terms, grad, jnp.zeros((), jnp.int32), done, nonfinite)
 
 
 def _converged(spec: SolverSpec, value, prev_value, grad):
@@ -319,7 +329,12 @@ def _converged(spec: SolverSpec, value, prev_value, grad):
 
 
 def step(objective: Objective, spec: SolverSpec, params, state: State, targets) -> State:
-    """One optimizer iteration of one image (pure; vmap-able). A finished image is returned unchanged."""
+    """One optimizer iteration of one image (pure; vmap-able). A finished image is returned unchanged.
+
+    An iteration whose loss is NaN/inf is not taken: the image keeps its last finite ``x``, ``terms``,
+    ``grad`` and ``iteration``, is marked done, and ``nonfinite`` records the iteration. So the last good
+    image and the exact iteration survive whatever the loop form (a compiled chunk included).
+    """
     # scale_by_lbfgs_neural_style freezes itself when told (see the end of this function).
     frozen = {"frozen": state.done} if spec.optimizer == "lbfgs" and spec.linesearch == "none" else {}
     if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
@@ -341,8 +356,14 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets) 
         updates, opt_state = _transformation(spec).update(state.grad, state.opt_state, state.x, **extra)
         x = optax.apply_updates(state.x, updates)
         terms, grad = objective.value_and_grad(params, x, targets)
-    done = _converged(spec, terms.total, state.terms.total, grad) | ~jnp.isfinite(terms.total)
-    new = State(x, opt_state, terms, grad, state.iteration + 1, done)
+    finite = jnp.isfinite(terms.total)
+    done = _converged(spec, terms.total, state.terms.total, grad) | ~finite
+    # A non-finite iteration is rolled back (image-sized selects; the optimizer state, which may be the large
+    # L-BFGS history, is not: the image is frozen from now on and never uses it).
+    back = lambda old, n: jax.tree.map(lambda o, v: jnp.where(finite, v, o), old, n)  # noqa: E731
+    new = State(back(state.x, x), opt_state, back(state.terms, terms), back(state.grad, grad),
+                jnp.where(finite, state.iteration + 1, state.iteration), done,
+                jnp.where(finite, state.nonfinite, state.iteration + 1))
     # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select
     # of its whole history buffers here would make XLA keep a second copy of them.
     self_frozen = lambda n: bool(frozen) and isinstance(n, NeuralStyleLBFGSState)  # noqa: E731
@@ -416,14 +437,78 @@ class Record:
     tv: float
     elapsed: float
     size: int | None = None  # long side of the image at this record (differs between coarse-to-fine stages)
+    terms: Mapping[str, float] = field(default_factory=dict, hash=False)  # every weighted term, by name
+
+    @classmethod
+    def from_terms(cls, iteration: int, terms: Mapping, elapsed: float, size: int | None = None) -> "Record":
+        """The record of one image's :class:`~nst_jax.objective.Terms` (host values), every term by name."""
+        named = {k: float(v) for k, v in terms.items() if k != "total"}
+        return cls(iteration, float(terms["total"]), named.get("content", 0.0), named.get("style", 0.0),
+                   named.get("tv", 0.0), elapsed, size, named)
 
     def as_dict(self) -> dict:
         return dict(iteration=self.iteration, total=self.total, content=self.content, style=self.style,
-                    tv=self.tv, elapsed=self.elapsed, size=self.size)
+                    tv=self.tv, elapsed=self.elapsed, size=self.size, terms=dict(self.terms))
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; no image is written from such a state."""
+    """The loss became NaN or infinite at ``iteration``; no image is written from such a state.
+
+    The optimization stops there and keeps its last finite state (see :func:`step`), so the image of the
+    iteration before is available, e.g. to write as a partial result.
+
+    Attributes:
+        iteration: the first iteration whose loss was NaN/inf (exact, also inside a compiled chunk; 0: the
+            initial image). :func:`nst_jax.stylize` counts on across coarse-to-fine stages, as its history.
+        last_good_iteration: the iteration of ``last_good`` (``iteration - 1``), or None.
+        last_good: the image at ``last_good_iteration``, or None if no iteration had a finite loss. From
+            :func:`run` the Caffe-space ``state.x``; from :func:`nst_jax.stylize` the RGB image, float32
+            ``(H, W, 3)`` in [0, 1] at full size (what it would have returned after that iteration).
+        loss: the non-finite loss at iteration 0 (NaN, inf or -inf); None later (that iteration is rolled
+            back, only its non-finiteness is kept).
+        last_good_loss: the loss at ``last_good_iteration``, or None.
+        partial: where ``last_good`` was written (:func:`nst_jax.stylize` with an output), or None.
+    """
+
+    def __init__(self, iteration: int, loss: float | None = None, *, last_good=None,
+                 last_good_loss: float | None = None, label: str | None = None, partial=None):
+        self.iteration, self.loss, self.last_good, self.last_good_loss = iteration, loss, last_good, last_good_loss
+        self.last_good_iteration = iteration - 1 if last_good is not None else None
+        self.label, self.partial = label, partial
+        value = f"non-finite ({'NaN or infinite' if loss is None else loss})"
+        text = f"the loss became {value} at iteration {iteration}"
+        if last_good is None:
+            text += (" (the starting image); check the inputs and the loss weights (a NaN/inf in an image or an "
+                     "infinite weight), or lower the loss weights")
+        else:
+            kept = (f"was written to '{partial}' (not a finished result; --init image --init-image resumes from it)"
+                    if partial is not None else "is on this error as .last_good (not written as a result)")
+            text += (f"; the last finite loss ({last_good_loss:.6g}) was at iteration {iteration - 1}, whose image "
+                     f"{kept}. Lower the learning rate or the loss weights (with L-BFGS, optimizer='adam' is "
+                     "more forgiving)")
+        super().__init__(f"{label}: {text}." if label else f"{text}.")
+
+    def __reduce__(self):  # picklable (e.g. from a worker process) with its attributes
+        return functools.partial(type(self), last_good=self.last_good, last_good_loss=self.last_good_loss,
+                                 label=self.label, partial=self.partial), (self.iteration, self.loss)
+
+    def shifted(self, offset: int) -> "NonFiniteLossError":
+        """The same error with its iterations counted from ``offset`` (the iterations of earlier stages)."""
+        if not offset:
+            return self
+        return type(self)(self.iteration + offset, self.loss, last_good=self.last_good,
+                          last_good_loss=self.last_good_loss, label=self.label, partial=self.partial)
+
+    @classmethod
+    def from_state(cls, state: "State", index: int | None = None, *, label: str | None = None
+                   ) -> "NonFiniteLossError":
+        """The error of a state whose loss became non-finite (``index``: which image of a batched state)."""
+        pick = (lambda a: a) if index is None else (lambda a: a[index])  # noqa: E731
+        nonfinite, total, x = jax.device_get((pick(state.nonfinite), pick(state.terms.total), pick(state.x)))
+        nonfinite = int(nonfinite)
+        if nonfinite == 0:  # the initial image itself: nothing good to keep
+            return cls(0, float(total), label=label)
+        return cls(nonfinite, last_good=np.asarray(x), last_good_loss=float(total), label=label)
 
 
 def checkpoints(num_iterations: int, *everys: int) -> list[int]:
@@ -436,16 +521,23 @@ def checkpoints(num_iterations: int, *everys: int) -> list[int]:
 
 
 def run(stepper: Stepper, x0: jax.Array, num_iterations: int, *, chunk_size: int = 25,
-        stops: list[int] | None = None, on_stop: Callable[[State, float], None] | None = None) -> State:
+        stops: list[int] | None = None, on_stop: Callable[[State, float], None] | None = None,
+        raise_nonfinite: bool = True) -> State:
     """Drives ``stepper`` for ``num_iterations``, calling ``on_stop(state, elapsed)`` at iteration 0 and at
     each of ``stops``; stops early once every image is done.
 
+    An image whose loss becomes NaN/inf stops at its last finite iteration (:func:`step`). Python sees it
+    at the next stop; ``raise_nonfinite=False`` (batches) leaves it in ``state.nonfinite`` and goes on with
+    the others.
+
     Raises:
-        NonFiniteLossError: some image's loss became NaN/inf.
+        NonFiniteLossError: (``raise_nonfinite``) the loss of the image (the first such of a batch) became
+            NaN/inf; it carries the exact iteration and the last finite image.
     """
     t0 = time.perf_counter()
     state = stepper.init(x0)
-    _check_finite(state, 0)
+    if raise_nonfinite:
+        _check_finite(state)
     if on_stop:
         on_stop(state, time.perf_counter() - t0)
     stops = stops if stops is not None else [num_iterations]
@@ -457,15 +549,14 @@ def run(stepper: Stepper, x0: jax.Array, num_iterations: int, *, chunk_size: int
             n = min(chunk_size, stop - it)
             state = stepper.advance(state, n)
             it += n
-        _check_finite(state, it)
+        if raise_nonfinite:
+            _check_finite(state)
         if on_stop:
             on_stop(state, time.perf_counter() - t0)
     return state
 
 
-def _check_finite(state: State, it: int) -> None:
-    total = jnp.asarray(state.terms.total)
-    if not bool(jnp.all(jnp.isfinite(total))):
-        raise NonFiniteLossError(
-            f"the loss became non-finite ({total.tolist()}) by iteration {it}. Lower the learning rate or the "
-            "loss weights, or use optimizer='adam'; no image was written from this state.")
+def _check_finite(state: State) -> None:
+    failed = np.flatnonzero(np.asarray(state.nonfinite).reshape(-1) >= 0)
+    if failed.size:
+        raise NonFiniteLossError.from_state(state, None if np.ndim(state.nonfinite) == 0 else int(failed[0]))

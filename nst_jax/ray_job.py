@@ -151,7 +151,8 @@ def run_ray_job(inputs, style, output_dir, settings: Settings | None = None, *, 
     planner = batch.BatchJob(None, output_dir, suffix=suffix, overwrite=overwrite)
     summary = batch.JobSummary(output_dir, [batch.ImageStatus(str(p), str(planner.output_path(p))) for p in paths],
                                inputs=str(inputs) if isinstance(inputs, (str, os.PathLike)) else "",
-                               styles=batch._style_names(style), settings=s.to_dict(), runner="ray")
+                               styles=batch._style_names(style), settings=s.to_dict(), runner="ray",
+                               weights=api.weights_used(s.weights))  # what the actors load: same spec, shared files
     todo = batch.plan_job(planner, paths, summary)
     t0 = time.perf_counter()
     ray = _import_ray()

@@ -13,20 +13,28 @@ Resolution of ``weights=None`` (:func:`resolve_params`), first match wins:
 1. ``$NST_JAX_WEIGHTS``: a file path, or the string ``random``;
 2. the cached Keras file ``<cache_dir()>/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5``
    (its MD5 is checked);
-3. a download of that file into the cache (:func:`fetch_weights`).
+3. a download of that file into the cache (:func:`fetch_weights`): one process
+   downloads while others wait on a lock file, and a failure leaves nothing behind.
 
 Nothing ever falls back to random weights: a failure raises
-:class:`WeightsError` saying what went wrong and how to fix it.
+:class:`WeightsError` saying what went wrong and how to fix it. Random weights,
+when asked for, are announced once per process on the ``nst_jax.weights``
+logger, and :func:`describe` says which weights were used (outputs record it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import logging
 import os
 import re
-import tempfile
+import sys
+import time
 import urllib.parse
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -37,11 +45,18 @@ import numpy as np
 import pooch
 import requests
 
+from nst_jax import images
 from nst_jax.vgg import CONV_LAYERS, VGG19, FeatureExtractor, Padding, Pooling, check_params, param_shapes
+
+try:  # POSIX: advisory locks that the kernel releases when their process dies, so none is ever stale
+    import fcntl
+except ImportError:  # Windows: msvcrt byte-range locks instead (see _lock)
+    fcntl = None
+    import msvcrt
 
 __all__ = [
     "KERAS_URL", "KERAS_MD5", "KERAS_FILENAME", "ENV_WEIGHTS", "ENV_CACHE", "WeightsError",
-    "cache_dir", "fetch_weights", "load_vgg19", "resolve_params", "random_params",
+    "cache_dir", "describe", "fetch_weights", "load_vgg19", "resolve_params", "random_params",
     "load_params", "load_keras_h5", "load_npz", "save_npz",
 ]
 
@@ -68,6 +83,12 @@ _KERAS_NAME = {name: "block{}_conv{}".format(*name[4:].split("_")) for name in C
 _KERNEL_NAME = re.compile(r"(^|[/_])(W|kernel)(_\d+)?(:\d+)?$")
 _BIAS_NAME = re.compile(r"(^|[/_])(b|bias)(_\d+)?(:\d+)?$")
 _ROLE_NDIM = {"kernel": 4, "bias": 1}
+# VGG-16's convolutions (2, 2, 3, 3, 3 per block): the other network whose files are most often mistaken for ours.
+_VGG16_CONVS = frozenset(f"block{b}_conv{i}" for b, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1))
+
+_log = logging.getLogger(__name__)
+# Seeds whose random weights were already announced in this process (one notice each).
+_ANNOUNCED_SEEDS: set[int] = set()
 
 
 class WeightsError(ValueError):
@@ -124,13 +145,59 @@ def resolve_params(weights: Any = None, *, progress: bool = True) -> dict:
     if weights is None:
         return _default_params(progress=progress)
     if isinstance(weights, str) and weights == "random":
-        return random_params(seed=0)
+        return _announced_random_params(seed=0)
     if isinstance(weights, Mapping):
         check_params(weights)
         return {"params": {k: dict(v) for k, v in weights["params"].items()}}
     if isinstance(weights, (str, os.PathLike)):
         return load_params(weights)
-    raise WeightsError(
+    raise _bad_weights_argument(weights)
+
+
+def describe(weights: Any = None) -> dict:
+    """Which weights :func:`resolve_params` uses for ``weights``, as a small JSON-ready record.
+
+    Outputs carry it (PNG metadata, batch job summaries), so that a picture made
+    with random weights, or with another file than the published one, can be
+    told from a real stylization afterwards. Nothing is downloaded or loaded. A
+    file's MD5 (the checksum Keras publishes for its file) is computed once per
+    version of the file, so recording it for every output costs nothing.
+
+    Args:
+        weights: as in :func:`resolve_params`.
+
+    Returns:
+        ``{"source": "random", "seed": 0}``; ``{"source": "file", "path": <absolute
+        path>, "md5": <hex>}``, with ``"url"`` added for the default Keras file
+        (its MD5 is the published one, which is checked before it is used); or
+        ``{"source": "params"}`` for a params dict given in memory.
+
+    Raises:
+        WeightsError: the weights file does not exist, or ``weights`` is of a wrong type.
+    """
+    if weights is None:
+        env = os.environ.get(ENV_WEIGHTS, "")
+        if env == "random":
+            return {"source": "random", "seed": 0}
+        if env:
+            return _file_record(_env_path(env))
+        return {"source": "file", "path": str((cache_dir() / KERAS_FILENAME).resolve()), "md5": KERAS_MD5,
+                "url": KERAS_URL}
+    if isinstance(weights, str) and weights == "random":
+        return {"source": "random", "seed": 0}
+    if isinstance(weights, Mapping):
+        return {"source": "params"}
+    if isinstance(weights, (str, os.PathLike)):
+        return _file_record(_existing_file(weights))
+    raise _bad_weights_argument(weights)
+
+
+def _file_record(path: Path) -> dict:
+    return {"source": "file", "path": str(path.resolve()), "md5": _file_digest(path, "md5")}
+
+
+def _bad_weights_argument(weights: Any) -> WeightsError:
+    return WeightsError(
         f"weights must be None, 'random', a file path or a params dict, got {type(weights).__name__}: "
         f"{weights!r:.100}.")
 
@@ -139,32 +206,38 @@ def _default_params(*, progress: bool) -> dict:
     """``$NST_JAX_WEIGHTS``, then the cached Keras file, then a download."""
     env = os.environ.get(ENV_WEIGHTS, "")
     if env == "random":
-        return random_params(seed=0)
+        return _announced_random_params(seed=0)
     if env:
-        path = Path(env).expanduser()
-        if not path.exists():
-            raise WeightsError(
-                f"${ENV_WEIGHTS} points to {str(path)!r}, which does not exist. Fix: set ${ENV_WEIGHTS} to the "
-                f"path of {KERAS_FILENAME} (or of an .npz from save_npz), to 'random' for smoke tests, or unset "
-                "it to use the cache / download.")
-        return load_params(path)
-    cached = cache_dir() / KERAS_FILENAME
-    if cached.exists():
-        _check_cached_md5(cached)
-    else:
-        # The module constants are read here, at call time (not as bound defaults), so tests can redirect them.
-        cached = fetch_weights(KERAS_URL, "md5:" + KERAS_MD5, cache=cached.parent, progress=progress)
-    return load_keras_h5(cached)
+        return load_params(_env_path(env))
+    # The module constants are read here, at call time (not as bound defaults), so tests can redirect them.
+    # fetch_weights checks the MD5 of a file already in the cache, and downloads it otherwise.
+    return load_keras_h5(fetch_weights(KERAS_URL, "md5:" + KERAS_MD5, cache=cache_dir(), progress=progress))
 
 
-def _check_cached_md5(path: Path) -> None:
-    """A file in the cache is used only if it is the published one."""
-    got = pooch.file_hash(str(path), alg="md5")
-    if got != KERAS_MD5:
+def _env_path(env: str) -> Path:
+    """The file that ``$NST_JAX_WEIGHTS`` names, which must exist."""
+    path = Path(env).expanduser()
+    if not path.exists():
         raise WeightsError(
-            f"the cached weights file {str(path)!r} has MD5 {got}, expected {KERAS_MD5}: it is not the published "
-            f"Keras file. Fix: delete it (it is downloaded again from {KERAS_URL}), or, to use this file anyway, "
-            f"point ${ENV_WEIGHTS} at it.")
+            f"${ENV_WEIGHTS} points to {str(path)!r}, which does not exist. Fix: set ${ENV_WEIGHTS} to the "
+            f"path of {KERAS_FILENAME} (or of an .npz from save_npz), to 'random' for smoke tests, or unset "
+            "it to use the cache / download.")
+    return path
+
+
+def _announced_random_params(seed: int) -> dict:
+    """:func:`random_params`, announced once per process and seed: what is made with them is no stylization.
+
+    The notice goes to the ``nst_jax.weights`` logger: without any logging setup
+    Python prints it as one plain line on stderr (in a terminal and in a
+    notebook alike), and an application can route or silence it.
+    """
+    if seed not in _ANNOUNCED_SEEDS:
+        _ANNOUNCED_SEEDS.add(seed)
+        _log.warning("nst_jax: using random VGG-19 weights (seed %d): the output is not a stylization, only a smoke "
+                     "test of the pipeline. For real weights drop weights='random' / --weights random and unset "
+                     "$%s.", seed, ENV_WEIGHTS)
+    return random_params(seed)
 
 
 def random_params(seed: int = 0) -> dict:
@@ -219,43 +292,271 @@ def fetch_weights(url: str = KERAS_URL, known_hash: str | None = "md5:" + KERAS_
                   cache: PathLike | None = None, progress: bool = True) -> Path:
     """Downloads a weights file into the cache (once) and verifies its checksum.
 
-    The transfer goes to a temporary file in the cache folder that is renamed
-    only once the checksum matches (pooch's behaviour), so an interrupted or
-    corrupted download never leaves a file under the final name. An existing
-    file with the right checksum is not downloaded again.
+    A file already in the cache is used only if its checksum matches; otherwise
+    it is refused, not replaced (it may have been put there by hand). Several
+    processes may call this at once: a lock file next to the target
+    (``<name>.lock``) lets one download while the others wait, then use its file.
+    The transfer goes to a temporary file that is renamed only once the checksum
+    matches. A failure (network, checksum, full disk, Ctrl-C) removes the
+    temporary file, the lock file and the folders created for them, so it leaves
+    nothing behind, and nothing is printed before the server has answered.
 
     Args:
         url: where to download from; the cached file is named after its last part.
-        known_hash: ``"md5:<hex>"`` (or another algorithm pooch knows).
+        known_hash: ``"md5:<hex>"`` (or another algorithm of :mod:`hashlib`;
+            a bare hex digest is SHA-256), or ``None`` to skip the check.
         cache: folder to store the file in; default :func:`cache_dir`.
-        progress: show a tqdm progress bar.
+        progress: print a "downloading" line and show a progress bar once the
+            transfer starts, and a line if another process's download is awaited.
 
     Returns:
         The path of the verified file.
 
     Raises:
         WeightsError: the server could not be reached, the transfer failed, the
-            checksum did not match (the file is removed) or the cache folder is
-            not writable. The message says how to place the file by hand.
+            checksum did not match (the file is removed), a cached file is
+            corrupt, or the cache folder is not writable. The message says how
+            to place the file by hand or where else to put it.
     """
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
-    fname = Path(urllib.parse.urlparse(url).path).name or KERAS_FILENAME
+    target = folder / (Path(urllib.parse.urlparse(url).path).name or KERAS_FILENAME)
     try:
-        out = pooch.retrieve(url, known_hash, fname=fname, path=folder, progressbar=progress)
-    except requests.exceptions.RequestException as e:
-        raise WeightsError(_download_failed_message(url, folder / fname, e)) from e
-    except ValueError as e:
-        if "hash" not in str(e).lower():
-            raise
-        raise WeightsError(
-            f"checksum mismatch for {url}: {e} The downloaded file was removed; nothing was written to "
-            f"{str(folder / fname)!r}. Fix: retry (the server may have sent a truncated or different file), or "
-            f"download it elsewhere and check its hash ({known_hash}) before placing it by hand.") from e
+        if target.is_file():
+            return _verified_cached(target, known_hash, url)
+        with _download_lock(target, progress=progress):
+            if target.is_file():  # another process downloaded it while this one waited
+                return _verified_cached(target, known_hash, url)
+            _download(url, target, known_hash, progress=progress)
+        return target
+    except requests.exceptions.RequestException as e:  # before OSError: requests' errors derive from it
+        raise WeightsError(_download_failed_message(url, target, e)) from e
     except OSError as e:
+        raise WeightsError(_cache_unusable_message(folder, url, e)) from e
+
+
+def _verified_cached(path: Path, known_hash: str | None, url: str) -> Path:
+    """``path`` if its checksum is ``known_hash``; a cached file that is not is never used."""
+    if known_hash is None:
+        return path
+    alg, want = _split_hash(known_hash)
+    got = _file_digest(path, alg)
+    if got != want:
         raise WeightsError(
-            f"could not write the weights file to the cache folder {str(folder)!r}: {e}. Fix: make it writable, "
-            f"or set ${ENV_CACHE} to a writable folder.") from e
-    return Path(out)
+            f"the cached weights file {str(path)!r} is corrupt or not the expected file: it has {alg.upper()} "
+            f"{got}, expected {want}, so it was not used. Fix: delete it, and it is downloaded again from {url} "
+            f"on next use; or, to use this file anyway, point ${ENV_WEIGHTS} at it.")
+    return path
+
+
+def _download(url: str, target: Path, known_hash: str | None, *, progress: bool) -> None:
+    """Downloads ``url`` to ``target`` through a temporary file renamed only once the checksum matches."""
+    # The temporary file gets the usual permissions (0666 minus the umask), which the cached file keeps.
+    fd, temp = images._create_temp(target)
+    bar = _DownloadProgress(f"nst_jax: downloading {url} to {target}") if progress else False
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pooch.HTTPDownloader(progressbar=bar)(url, f, None)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            if bar:
+                bar.close()
+        _check_download(temp, known_hash, url, target)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _check_download(temp: Path, known_hash: str | None, url: str, target: Path) -> None:
+    if known_hash is None:
+        return
+    alg, want = _split_hash(known_hash)
+    got = pooch.file_hash(str(temp), alg=alg)
+    if got != want:
+        raise WeightsError(
+            f"checksum mismatch for {url}: the downloaded file has {alg.upper()} {got}, expected {want}. The "
+            f"downloaded file was removed; nothing was written to {str(target)!r}. Fix: retry (the server may have "
+            f"sent a truncated or different file, e.g. a proxy's page), or download it elsewhere, check its "
+            f"{alg.upper()} and place it there by hand.")
+
+
+def _split_hash(known_hash: str) -> tuple[str, str]:
+    """``"md5:<hex>"`` -> ``("md5", "<hex>")``; a bare digest is SHA-256, as in pooch."""
+    alg, sep, value = known_hash.partition(":")
+    return (alg.lower(), value.lower()) if sep else ("sha256", known_hash.lower())
+
+
+def _file_digest(path: Path, alg: str) -> str:
+    """The ``alg`` digest of a file, computed once per version of it (path, inode, size, modification time)."""
+    st = path.stat()
+    return _cached_digest(str(path.resolve()), alg, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_digest(path: str, alg: str, inode: int, size: int, mtime_ns: int) -> str:
+    return pooch.file_hash(path, alg=alg)
+
+
+class _DownloadProgress:
+    """The ``progressbar`` of ``pooch.HTTPDownloader``, which sets ``total`` once the server has answered.
+
+    Only then is the "downloading" line printed and the bar started, so that no
+    announcement precedes a download that never starts (offline, wrong URL).
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+        self._bar = None
+
+    @property
+    def total(self):
+        return None if self._bar is None else self._bar.total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        from tqdm.auto import tqdm
+
+        print(self.message, file=sys.stderr, flush=True)
+        self._bar = tqdm(total=value or None, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def reset(self) -> None:
+        if self._bar is not None:
+            self._bar.reset()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def _download_lock(target: Path, *, progress: bool) -> Iterator[None]:
+    """Holds the lock file ``<target>.lock`` (creating its folder) while this process downloads ``target``.
+
+    The lock file is removed on the way out, and after a failure so are the
+    folders created for it (if still empty): a failed download leaves nothing.
+    """
+    lock = target.with_name(target.name + ".lock")
+    created: list[Path] = []
+    done = False
+    try:
+        fd = _acquire(lock, created, progress=progress)
+        try:
+            yield
+            done = True
+        finally:
+            _release(fd, lock)
+    finally:
+        if not done:
+            _remove_empty(created)
+
+
+def _acquire(lock: Path, created: list[Path], *, progress: bool) -> int:
+    """Opens and locks ``lock``, waiting for another holder; returns the open descriptor.
+
+    A holder removes the lock file while it still holds it, so a waiter may get
+    the lock of a removed file: it then retries on the current one, and two
+    processes never both hold the lock of the file at that path.
+    """
+    told = False
+    while True:
+        _make_dirs(lock.parent, created)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _lock(fd, blocking=False):
+                if progress and not told:
+                    told = True
+                    print(f"nst_jax: another process is downloading {lock.stem} into {lock.parent}; "
+                          f"waiting for it (lock file {lock}).", file=sys.stderr, flush=True)
+                _lock(fd, blocking=True)
+            if _same_file(fd, lock):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _lock(fd: int, *, blocking: bool) -> bool:
+    """Takes an exclusive lock on the open file ``fd``; False if not ``blocking`` and another process holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # A filesystem without locks: go on unlocked (the download stays atomic, only maybe done twice).
+        return True
+    while True:  # msvcrt locks byte 0; LK_NBLCK fails at once while another process holds it
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            if not blocking:
+                return False
+            time.sleep(0.1)
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Removes the lock file and releases the lock."""
+    if fcntl is not None:
+        lock.unlink(missing_ok=True)  # while still locked: a waiter then sees a new file and retries (_acquire)
+        os.close(fd)  # releases the lock
+        return
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    os.close(fd)
+    with contextlib.suppress(OSError):  # Windows cannot remove a file another process has open: a waiter will
+        lock.unlink()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+
+def _make_dirs(folder: Path, created: list[Path]) -> None:
+    """Creates ``folder`` and its missing parents, appending each one made here to ``created`` (outermost first)."""
+    for d in reversed([folder, *folder.parents]):
+        if d.is_dir():
+            continue
+        try:
+            d.mkdir()
+        except FileExistsError:  # made meanwhile by another process (or a file: os.open then says so)
+            continue
+        created.append(d)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Removes ``folders`` (outermost first, as created), innermost first, as long as they are empty."""
+    for d in reversed(folders):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _cache_unusable_message(folder: Path, url: str, error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename and str(error.filename) != str(folder) else ""
+    return (
+        f"cannot use the weights cache folder {str(folder)!r}: {error.strerror or error}{where}. The weights are "
+        "downloaded into it, so it must be a writable folder (with free space).\n"
+        "Fix:\n"
+        f"  - set ${ENV_CACHE} to a writable folder, or\n"
+        f"  - download {url} yourself and point ${ENV_WEIGHTS} at the file (or pass its path: weights=PATH / "
+        "--weights PATH).")
 
 
 def _download_failed_message(url: str, target: Path, error: Exception) -> str:
@@ -285,7 +586,7 @@ def load_params(path: PathLike) -> dict:
     if zipfile.is_zipfile(path):
         return load_npz(path)
     hint = (" PyTorch checkpoints must be converted first: python scripts/convert_torch_weights.py IN.pth OUT.npz."
-            if path.suffix in (".pth", ".pt") else "")
+            if path.suffix in (".pth", ".pt") else _content_hint(path))
     raise WeightsError(
         f"{str(path)!r} is neither an HDF5 (.h5) nor an .npz file. Fix: pass the Keras file {KERAS_FILENAME} "
         f"(from {KERAS_URL}) or an .npz written by nst_jax.weights.save_npz.{hint}")
@@ -319,22 +620,37 @@ def load_keras_h5(path: PathLike) -> dict:
     if not h5py.is_hdf5(path):
         raise WeightsError(
             f"{str(path)!r} is not an HDF5 file. Fix: pass the Keras VGG-19 no-top file {KERAS_FILENAME} "
-            f"(from {KERAS_URL}); re-download it if it is truncated.")
+            f"(from {KERAS_URL}); re-download it if it is truncated.{_content_hint(path)}")
     try:
         with h5py.File(path, "r") as f:
             tensors = _read_keras_tensors(f, path)
-    except OSError as e:
-        raise WeightsError(f"could not read the HDF5 file {str(path)!r}: {e}. Fix: re-download it.") from e
-    return _assemble(tensors, path, source="Keras")
+            layers = _layer_names(f)
+    except WeightsError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:
+        # h5py reports damaged files with any of these, depending on which structure is hit.
+        raise WeightsError(
+            f"{str(path)!r} is truncated or corrupt: HDF5 cannot read it ({e}). Fix: download it again from "
+            f"{KERAS_URL} (a corrupt copy in the cache: delete it, and it is downloaded again on next use).") from e
+    return _assemble(tensors, path, source="Keras", file_layers=layers)
+
+
+def _content_hint(path: Path) -> str:
+    """A sentence on what a file that is not weights looks like (a saved web page, a Git LFS pointer), or ''."""
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip()
+    if head.startswith(b"<"):
+        return (" It starts with '<': it is a web page (HTML/XML), e.g. an error or sign-in page saved in place of "
+                f"the file; download it again from {KERAS_URL} (with curl, use -L to follow redirects).")
+    if head.startswith(b"version https://git-lfs"):
+        return " It is a Git LFS pointer, not the file: run 'git lfs pull', or download the file."
+    return ""
 
 
 def _read_keras_tensors(f: h5py.File, path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
     """``{keras layer name: [(weight name, array), ...]}`` for the ``blockB_convI`` layers of the file."""
-    # A whole-model file (``model.save("x.h5")``) keeps the legacy weights layout under "model_weights".
-    root = f
-    if "layer_names" not in f.attrs and "model_weights" in f:
-        root = f["model_weights"]
-    if "layer_names" in root.attrs:
+    root = _legacy_root(f)
+    if root is not None:
         return _read_legacy(root, path)
     if "layers" in f:
         return _read_keras3_native(f, path)
@@ -342,6 +658,30 @@ def _read_keras_tensors(f: h5py.File, path: Path) -> dict[str, list[tuple[str, n
         f"{str(path)!r} is an HDF5 file but not Keras weights: it has neither the 'layer_names' attribute "
         "(Keras 1/2 and legacy .h5) nor a 'layers' group (Keras 3 .weights.h5). "
         f"Fix: pass the Keras VGG-19 no-top file {KERAS_FILENAME}.")
+
+
+def _legacy_root(f: h5py.File) -> h5py.Group | None:
+    """The group with the legacy ``layer_names`` attribute, if any.
+
+    A whole-model file (``model.save("x.h5")``) keeps the legacy weights layout under "model_weights".
+    """
+    root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+    return root if "layer_names" in root.attrs else None
+
+
+def _layer_names(f: h5py.File) -> list[str]:
+    """Every layer name the file holds, to say what a file of another network is."""
+    root = _legacy_root(f)
+    if root is not None:
+        return [_decode(n) for n in root.attrs["layer_names"]]
+    names: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Group) and "name" in obj.attrs:
+            names.append(_decode(obj.attrs["name"]))
+
+    f.visititems(visit)
+    return names
 
 
 def _read_legacy(root: h5py.Group, path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -401,29 +741,45 @@ def _read_keras3_native(f: h5py.File, path: Path) -> dict[str, list[tuple[str, n
     return out
 
 
-def _assemble(tensors: dict[str, list[tuple[str, np.ndarray]]], path: Path, *, source: str) -> dict:
-    """Maps Keras layers to our names, assigns kernel/bias, asserts every shape."""
+def _assemble(tensors: dict[str, list[tuple[str, np.ndarray]]], path: Path, *, source: str,
+              file_layers: list[str]) -> dict:
+    """Maps Keras layers to our names, assigns kernel/bias, asserts every shape.
+
+    Which layers are missing is checked before any shape, so that a file of
+    another network (VGG-16, a ResNet) is named as such.
+    """
     expected = param_shapes()
-    ours: dict[str, str] = {}
     for keras_name in tensors:
         m = _KERAS_CONV.match(keras_name)
         name = f"conv{m[1]}_{m[2]}"
         if name not in expected:
             raise WeightsError(f"{str(path)!r}: unexpected layer {keras_name!r}: VGG-19 has no {name}. "
                                "Is this another network (VGG-16 has 13 convolutions, VGG-19 16)?")
-        ours[name] = keras_name
-    found = ", ".join(tensors) or "none"
+    missing = [name for name in CONV_LAYERS if _KERAS_NAME[name] not in tensors]
+    if missing:
+        raise WeightsError(_missing_layers_message(path, missing, list(tensors), file_layers, source))
     params: dict[str, dict[str, np.ndarray]] = {}
     for name in CONV_LAYERS:
         keras_name = _KERAS_NAME[name]
-        if name not in ours:
-            raise WeightsError(
-                f"{str(path)!r}: missing layer {keras_name!r} ({name}); {source} conv layers found: {found}. "
-                f"Fix: use the VGG-19 no-top file {KERAS_FILENAME} (from {KERAS_URL}).")
         params[name] = _kernel_and_bias(tensors[keras_name], keras_name, name, path)
     result = {"params": params}
     check_params(result)
     return result
+
+
+def _missing_layers_message(path: Path, missing: list[str], found: list[str], file_layers: list[str],
+                            source: str) -> str:
+    """Which VGG-19 convolutions a file lacks, and which network it seems to hold instead."""
+    fix = f"Fix: use the VGG-19 no-top file {KERAS_FILENAME} (from {KERAS_URL})."
+    expected = "VGG-19's 16 convolutions block1_conv1, block1_conv2, ..., block5_conv4"
+    if not found:
+        shown = ", ".join(file_layers[:8]) + (", ..." if len(file_layers) > 8 else "")
+        return (f"{str(path)!r} holds weights of another network: none of {expected}; its layers are "
+                f"{shown or 'none'} ({len(file_layers)} in all). {fix}")
+    names = ", ".join(f"{_KERAS_NAME[n]!r} ({n})" for n in missing)
+    what = "VGG-16 (13 convolutions), not VGG-19" if set(found) == _VGG16_CONVS else "incomplete"
+    return (f"{str(path)!r}: missing layer{'s' if len(missing) > 1 else ''} {names} of {expected}; "
+            f"{source} conv layers found: {', '.join(found)}. This file is {what}. {fix}")
 
 
 def _kernel_and_bias(weights: list[tuple[str, np.ndarray]], keras_name: str, name: str,
@@ -480,13 +836,13 @@ def save_npz(params: Mapping, path: PathLike) -> Path:
     arrays = {f"{name}/{kind}": np.asarray(value, np.float32)
               for name, layer in params["params"].items() for kind, value in layer.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    fd, tmp = images._create_temp(path)  # the usual permissions (0666 minus the umask), unlike mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fobj:
             np.savez(fobj, **arrays)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -535,6 +891,10 @@ def _existing_file(path: PathLike) -> Path:
             f"${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or weights='random' for smoke tests.")
     if not path.is_file():
         raise WeightsError(f"weights path {str(path)!r} is not a file. Fix: pass the path of the .h5/.npz file.")
+    if path.stat().st_size == 0:
+        raise WeightsError(
+            f"weights file {str(path)!r} is empty (0 bytes), e.g. from an interrupted copy or download. Fix: delete "
+            f"it and copy or download it again (the Keras file: {KERAS_URL}), or pass another file.")
     return path
 
 

@@ -216,7 +216,8 @@ def _jax_problem(cfg: dict, optimizer: str = "lbfgs"):
                                 dtype=cfg.get("dtype", "float32"), conv_algorithm=cfg.get("conv_algorithm", "auto"),
                                 lbfgs_linesearch=cfg.get("linesearch", "none"))
     objective = Objective.from_settings(settings)
-    targets = make_targets(objective, params, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])])
+    targets = make_targets(objective, params, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])],
+                           weights=settings)
     spec = optim.SolverSpec.from_settings(settings)
     params = objective.prepare(params)  # once per stylization, as the library's steppers do
     return settings, objective, spec, params, targets, jnp.asarray(inp["x0"])
@@ -542,7 +543,8 @@ def worker_jax_ttl(cfg: dict) -> dict:
         inp = _load_inputs(Path(cfg["workdir"]), cfg["size"])
         rgb = lambda a: np.asarray(vgg.deprocess(jnp.asarray(a)))  # noqa: E731
         c, st = api.stage_images(rgb(inp["content"]), [rgb(inp["style"])], coarse[0], settings)
-        t = make_targets(objective, params, vgg.preprocess(jnp.asarray(c)), [vgg.preprocess(jnp.asarray(st[0]))])
+        t = make_targets(objective, params, vgg.preprocess(jnp.asarray(c)), [vgg.preprocess(jnp.asarray(st[0]))],
+                         weights=settings)
         xc = jax.image.resize(x0, (*c.shape[:2], 3), "linear")  # the same initial image, at the coarse size
         st_c = optim.single_image_stepper(objective, spec, params, t, "auto")
         state_c = st_c.advance(st_c.init(xc), coarse[1])
@@ -1126,11 +1128,11 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
     if want("gram_pool"):
         feats = jax.jit(lambda p, x: objective.features(p, x))(jparams, x0)
         grams = {}
-        for l in objective.style_layers:
+        for l in objective.term("style").layers:
             f = feats[l]
             grams[l] = {"shape": list(f.shape), "fwd_bwd": bench(
                 lambda f, t: jax.value_and_grad(lambda f: losses.style_loss(losses.gram(f), t))(f), f,
-                targets["style"][l])}
+                targets["style"]["target"][l])}
         res["gram"] = grams
         h, wd = x0.shape[:2]
         xp = jax.random.normal(jax.random.key(0), (1, h, wd, 64), jnp.float32)
@@ -1195,11 +1197,11 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
 
         def loss_variant(wts, x, t, **kw):
             feats = {k: v[0] for k, v in forward_variant(wts, x[None], **kw).items()}
-            c = sum(wt * losses.content_loss(feats[l], t["content"][l])
-                    for l, wt in zip(objective.content_layers, objective.content_weights))
-            s = sum(wt * losses.style_loss(losses.gram(feats[l]), t["style"][l])
-                    for l, wt in zip(objective.style_layers, objective.style_weights))
-            return c + s + objective.tv_weight * losses.tv_loss(x)
+            c = sum(wt * losses.content_loss(feats[l], t["content"]["target"][l])
+                    for l, wt in zip(objective.term("content").layers, t["content"]["weight"]))
+            s = sum(wt * losses.style_loss(losses.gram(feats[l]), t["style"]["target"][l])
+                    for l, wt in zip(objective.term("style").layers, t["style"]["weight"]))
+            return c + s + t["tv"]["weight"][0] * losses.tv_loss(x)
 
         w = {k: (v["kernel"], v["bias"]) for k, v in jparams["params"].items()}
         variants = {}
@@ -1230,7 +1232,8 @@ def worker_profile(cfg: dict) -> dict:  # noqa: C901 - a list of independent mea
         bf = {}
         for name in ("float32", "bfloat16"):
             obj_dt = dataclasses.replace(objective, dtype=name)
-            t_dt = make_targets(obj_dt, jparams, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])])
+            t_dt = make_targets(obj_dt, jparams, jnp.asarray(inp["content"]), [jnp.asarray(inp["style"])],
+                                weights=settings)
             stepper = optim.single_image_stepper(obj_dt, spec, jparams, t_dt, "auto")
             state = stepper.init(x0)
             curve = [float(full(state.x))]

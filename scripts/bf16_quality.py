@@ -67,7 +67,8 @@ def measure(pair, init: str, size: int, iterations: list[int], params, dirs) -> 
     for dt in ("float32", "bfloat16"):
         s = Settings(image_size=size, weights="random", dtype=dt, init=init)
         obj = Objective.from_settings(s)
-        targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))])
+        targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))],
+                               weights=s)
         setups[dt] = (s, obj, targets)
     s32, obj32, t32 = setups["float32"]
     x0 = np.asarray(api.initial_image(s32, content, [style]))

@@ -127,7 +127,7 @@ def _abstract_problem(settings, aspect: tuple[int, int]):
     import jax.numpy as jnp
 
     from nst_jax import optim, vgg
-    from nst_jax.objective import Objective
+    from nst_jax.objective import Objective, make_targets
 
     objective = Objective.from_settings(settings)
     spec = optim.SolverSpec.from_settings(settings)
@@ -139,8 +139,7 @@ def _abstract_problem(settings, aspect: tuple[int, int]):
     # The style image is resized to image_size * style_scale (long side); assumed of the same aspect.
     style = jax.ShapeDtypeStruct((*image_shape(max(1, int(settings.image_size * settings.style_scale)), aspect),
                                   3), f32)
-    targets = {"content": jax.eval_shape(objective.content_targets, params, x),
-               "style": jax.eval_shape(objective.style_grams, params, style)}
+    targets = jax.eval_shape(lambda p, c, s: make_targets(objective, p, c, [s], weights=settings), params, x, style)
     state = jax.eval_shape(functools.partial(optim.init, objective, spec), params, x, targets)
     return objective, spec, params, x, style, targets, state
 
@@ -158,7 +157,7 @@ def _lowerings(settings, aspect: tuple[int, int], phases: Iterable[str]) -> dict
     out: dict[str, Callable] = {}
     if "targets" in phases:
         out["content_targets"] = lambda: objective_mod.content_targets.lower(objective, params, x)
-        out["style_grams"] = lambda: objective_mod.style_grams.lower(objective, params, style)
+        out["style_grams"] = lambda: objective_mod.style_statistics.lower(objective, params, style)
     if "init" in phases:
         out["init"] = lambda: optim._init_jit.lower(objective, spec, params, x, targets)
     if "step" in phases:
@@ -395,7 +394,7 @@ def run(args) -> dict:
 
     given = cli.settings_from_args(args)
     settings = given if given.weights is not None else given.replace(weights="random")
-    aspect = parse_aspect(args.aspect)
+    aspect = parse_aspect(args.image_aspect)
     gpu = jax.default_backend() != "cpu"
     remats = {"both": (False, True), "off": (False,), "on": (True,)}[args.remat_modes]
     phases = tuple(p for p in PHASES if p in args.phases)
@@ -404,7 +403,7 @@ def run(args) -> dict:
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable, ROOT),
                                                      os.path.relpath(__file__, ROOT)] + list(args.argv)),
-        "machine": machine, "settings": settings.to_dict(), "aspect": args.aspect, "step": args.step,
+        "machine": machine, "settings": settings.to_dict(), "aspect": args.image_aspect, "step": args.step,
         "max_size": args.max_size, "phases": list(phases),
         "loop": optim.default_loop() if settings.loop == "auto" else settings.loop,
         "memory": "device memory" if gpu else "process RSS",
@@ -616,7 +615,6 @@ def parse_args(argv=None):
     p.add_argument("--budget-mb", type=float, action="append", default=None, metavar="MB",
                    help="memory budget in MiB; repeat for several (default: the device's memory on GPUs, "
                         "the machine's RAM on CPU)")
-    p.add_argument("--aspect", default="4:3", help="aspect ratio WIDTH:HEIGHT; the long side is the size")
     p.add_argument("--step", type=int, default=64, help="sizes searched are multiples of this (px)")
     p.add_argument("--max-size", type=int, default=8192, help="largest long side searched (px)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
@@ -636,11 +634,14 @@ def parse_args(argv=None):
     p.add_argument("--remat", dest="remat_modes", choices=["both", "off", "on"], default="both",
                    help="search with remat off, on, or both")
     p.add_argument("--no-remat", dest="remat_modes", action="store_const", const="off", help=argparse.SUPPRESS)
+    # The image's aspect ratio (replaces Settings.aspect's flag, which only shapes a canvas without content).
+    p.add_argument("--aspect", dest="image_aspect", default="4:3",
+                   help="aspect ratio WIDTH:HEIGHT; the long side is the size")
     args = p.parse_args(argv)
     if args.step < 1 or args.max_size < args.step:
         p.error("--step must be >= 1 and --max-size >= --step")
     try:
-        parse_aspect(args.aspect)
+        parse_aspect(args.image_aspect)
     except ValueError as e:
         p.error(str(e))
     return args

@@ -79,7 +79,7 @@ def test_history_starts_with_the_loss_of_the_initial_image(baseline, content_arr
     obj = Objective.from_settings(s)
     params = api.get_params("random")
     targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content_array)),
-                           [vgg.preprocess(jnp.asarray(st)) for st in styles])
+                           [vgg.preprocess(jnp.asarray(st)) for st in styles], weights=s)
     terms = objective.loss(obj, params, api.initial_image(s, content_array, styles), targets)
     assert h0.total == pytest.approx(float(terms.total), rel=1e-5)
     assert h0.content == pytest.approx(float(terms.content), rel=1e-5)
@@ -176,11 +176,16 @@ def test_snapshots_with_save_every(tmp_path):
     assert not np.array_equal(images.load_image(tmp_path / "out_2.png"), images.load_image(out))
 
 
-def test_non_finite_loss_raises_and_writes_nothing(tmp_path):
+def test_non_finite_loss_raises_and_keeps_only_the_last_finite_image(tmp_path):
     out = tmp_path / "out.png"
-    with pytest.raises(optim.NonFiniteLossError):
+    with pytest.raises(optim.NonFiniteLossError) as e:
         run(optimizer="adam", learning_rate=1e30, num_iterations=4, print_every=1, save_every=1, output=out)
-    assert list(tmp_path.iterdir()) == []
+    # No output and no snapshot of a non-finite state; the last finite iterate as a partial file, if any.
+    expected = [] if e.value.last_good is None else [api.partial_path(out, e.value.last_good_iteration)]
+    assert sorted(tmp_path.iterdir()) == expected and e.value.partial == (expected[0] if expected else None)
+    if expected:
+        np.testing.assert_array_equal(images.to_uint8(images.load_image(expected[0])),
+                                      images.to_uint8(e.value.last_good))
 
 
 def test_result_repr_png_and_image(baseline):

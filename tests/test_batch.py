@@ -107,8 +107,8 @@ def test_buckets_compile_once_and_keep_input_order(contents):
     before = batch.trace_counts.copy()
     results = batch.stylize_batch(inputs, STYLE, **kw)
     new = batch.trace_counts - before
-    assert new == {("init", (2, 48, 64, 3), False): 1, ("step", (2, 48, 64, 3), False): 1,
-                   ("init", (1, 64, 64, 3), False): 1, ("step", (1, 64, 64, 3), False): 1}
+    assert new == {("init", (2, 48, 64, 3)): 1, ("step", (2, 48, 64, 3)): 1,
+                   ("init", (1, 64, 64, 3)): 1, ("step", (1, 64, 64, 3)): 1}
     assert [r.array.shape for r in results] == [(48, 64, 3), (64, 64, 3), (48, 64, 3)]
     for r, c in zip(results, inputs):  # one tiny step from init=content: each result is its own input
         assert np.abs(r.array - c).max() < 0.05
@@ -127,12 +127,11 @@ def test_output_size_makes_one_bucket(contents):
 def test_nan_member_fails_alone(contents):
     s = Settings(**{k: v for k, v in KW.items() if k != "progress"}).replace(num_iterations=5)
     stylizer = batch.BatchStylizer(STYLE, s)
-    targets = [stylizer._targets(c, 0) for c in contents]
-    content = jax.tree.map(lambda *a: jnp.stack(a), *[t["content"] for t in targets])
-    content = jax.tree.map(lambda a: a.at[1].set(jnp.nan), content)  # member 1's targets are NaN
+    batched, shared = batch.split_targets([stylizer._targets(c, 0) for c in contents])
+    assert "target" in batched["content"] and "target" not in batched["style"]  # one style: shared targets
+    batched = jax.tree.map(lambda a: a.at[1].set(jnp.nan), batched)  # member 1's targets are NaN
     x0 = jnp.stack([api.initial_image(s, c, stylizer.styles[0]) for c in contents])
-    run = batch.optimize_batch(stylizer.objective, stylizer.spec, stylizer.params, x0,
-                               {"content": content, "style": targets[0]["style"]},
+    run = batch.optimize_batch(stylizer.objective, stylizer.spec, stylizer.params, x0, batched, shared=shared,
                                num_iterations=5, print_every=5, labels=["a", "b", "c", "d"])
     assert isinstance(run.errors[1], optim.NonFiniteLossError) and "b:" in str(run.errors[1])
     assert [e is None for e in run.errors] == [True, False, True, True]
@@ -222,7 +221,7 @@ def test_chunk_loop_form_equals_step_and_compiles_once(contents):
     step = batch.stylize_batch(pair, STYLE, loop="step", **kw)
     before = batch.trace_counts.copy()
     chunk = batch.stylize_batch(pair, STYLE, loop="chunk", **kw)  # advances of 2, 2 and 1 iterations
-    assert batch.trace_counts - before == {("steps", (2, 48, 64, 3), False): 1}
+    assert batch.trace_counts - before == {("steps", (2, 48, 64, 3)): 1}
     for a, b in zip(step, chunk):
         assert [r.iteration for r in b.history] == [0, 2, 4, 5]
         assert b.loss == pytest.approx(a.loss, rel=1e-5)

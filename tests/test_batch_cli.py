@@ -62,7 +62,7 @@ def test_job_writes_good_images_and_lists_bad_ones(finished, inputs):
     rc, out = finished
     assert rc == 1  # some inputs failed
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([Path(n).stem + ".png" for n in GOOD] + [batch.SUMMARY_NAME])  # no temp files
+    assert names == sorted([Path(n).stem + ".png" for n in GOOD] + [batch.SUMMARY_NAME, batch.JOURNAL_NAME])
     summary = _summary(out)
     rows = {Path(r["input"]).name: r for r in summary["images"]}
     assert summary["totals"] | {"seconds": 0, "images_per_second": 0, "seconds_per_image": 0} == {
@@ -107,7 +107,7 @@ def test_interrupted_job_resumes_without_redoing(inputs, tmp_path):
                       callback=stop_after_first)
     first = [r for r in seen if r.status == "ok"]
     assert len(first) == 1
-    done = sorted(p.name for p in out.iterdir() if p.name != batch.SUMMARY_NAME)
+    done = sorted(p.name for p in out.iterdir() if p.name not in (batch.SUMMARY_NAME, batch.JOURNAL_NAME))
     assert done == [Path(first[0].output).name]  # only complete files, no temp files
     summary = _summary(out)
     assert summary["interrupted"] and summary["totals"]["ok"] == 1 and summary["totals"]["pending"] >= 3
@@ -121,7 +121,7 @@ def test_interrupted_job_resumes_without_redoing(inputs, tmp_path):
     assert rows[Path(first[0].input).name] == "skipped"
     assert sorted(rows.values()) == sorted(["skipped", "ok", "ok", "ok", "failed", "failed", "failed"])
     assert sorted(p.name for p in out.iterdir()) == sorted([Path(n).stem + ".png" for n in GOOD] +
-                                                           [batch.SUMMARY_NAME])
+                                                           [batch.SUMMARY_NAME, batch.JOURNAL_NAME])
     rc = batch_cli.main(["--style", str(STYLE), "--inputs", str(inputs), "--output-dir", str(out), *FLAGS])
     assert rc == 1 and _summary(out)["totals"]["skipped"] == 4  # a third run has nothing left but the bad ones
 
@@ -161,7 +161,7 @@ def test_nan_loss_fails_that_image_only(inputs, tmp_path, monkeypatch):
     (["--batch-size", "0"], "--batch-size"),
     (["--output-size", "big"], "--output-size"),
     (["--suffix", ".xyz"], "suffix"),
-    (["--image-size", "8"], "image_size"),
+    (["--image-size", "8"], "--image-size must be an integer >= 32"),
     (["--save-every", "5"], "save_every"),
     (["--ray-actors", "2"], "need --ray"),
 ])

@@ -79,6 +79,7 @@ NON_DEFAULT = {
     "style_scale": (["--style-scale", "0.5"], 0.5),
     "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
     "original_colors": (["--original-colors"], True),
+    "aspect": (["--aspect", "1.5"], 1.5),
     "content_layers": (["--content-layers", "relu1_1", "block2_conv1"], ("relu1_1", "relu2_1")),
     "style_layers": (["--style-layers", "relu1_1,relu3_1"], ("relu1_1", "relu3_1")),
     "content_weight": (["--content-weight", "2.5"], 2.5),
@@ -87,6 +88,7 @@ NON_DEFAULT = {
     "content_layer_weights": (["--content-layer-weights", "2"], (2.0,)),
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
+    "style_loss": (["--style-loss", "w2"], "w2"),
     "weights": (["--weights", "random"], "random"),
     "pooling": (["--pooling", "avg"], "avg"),
     "padding": (["--padding", "reflect"], "reflect"),
@@ -103,14 +105,14 @@ NON_DEFAULT = {
     "tolerance_grad": (["--tolerance-grad", "1e-5"], 1e-5),
     "tolerance_change": (["--tolerance-change", "1e-9"], 1e-9),
     "init": (["--init", "content"], "content"),
-    "init_image": (["--init-image", "start.png"], "start.png"),
+    "init_image": (["--init", "image", "--init-image", "start.png"], "start.png"),
     "seed": (["--seed", "3"], 3),
     "loop": (["--loop", "chunk"], "chunk"),
     "chunk_size": (["--chunk-size", "5"], 5),
     "print_every": (["--print-every", "7"], 7),
     "save_every": (["--save-every", "2"], 2),
     "scales": (["--scales", "128", "256"], (128, 256)),
-    "scale_iterations": (["--scale-iterations", "40"], 40),
+    "scale_iterations": (["--scales", "256", "--scale-iterations", "40"], 40),
     "dtype": (["--dtype", "bfloat16"], "bfloat16"),
     "conv_algorithm": (["--conv-algorithm", "winograd"], "winograd"),
 }
@@ -126,10 +128,14 @@ def test_flags_match_settings_fields_exactly():
         assert cli._flag(name) in options
     # the other flags are the inputs and outputs, not settings
     others = {a.dest for a in parser._actions} - set(flags)
-    assert others == {"help", "content", "style", "output", "quiet"}
+    assert others == {"help", "content", "style", "output", "overwrite", "quiet"}
     # defaults are the dataclass's: no flag given -> Settings()
     assert _settings_of([]) == Settings()
     assert set(NON_DEFAULT) == set(fields)  # a new setting needs a line in NON_DEFAULT
+
+
+# Settings that are only used together with another one (setting them alone is an error).
+NEEDS = {"init_image": "init", "scale_iterations": "scales"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
@@ -138,7 +144,7 @@ def test_each_flag_sets_its_field(name):
     s = _settings_of(argv)
     assert getattr(s, name) == expected != getattr(Settings(), name)
     changed = [f.name for f in dataclasses.fields(Settings) if getattr(s, f.name) != getattr(Settings(), f.name)]
-    assert changed == [name]
+    assert set(changed) == {name, NEEDS.get(name, name)}
 
 
 def test_boolean_flags_can_be_turned_off():
@@ -181,21 +187,21 @@ def test_unreadable_file(tmp_path, capsys):
 def test_style_blend_weight_count_mismatch(tmp_path, capsys):
     err = _fails(["--content", CONTENT, "--style", STYLE, "--style", CONTENT, "--style-blend-weights", "1", *FAST],
                  tmp_path, capsys)
-    assert "style_blend_weights" in err and "2 style image" in err
+    assert "--style-blend-weights" in err and "2 style image" in err
 
 
 @pytest.mark.parametrize("flag, value, name", [
-    ("--style-weight", "-1", "style_weight"),
-    ("--content-weight", "nan", "content_weight"),
-    ("--tv-weight", "inf", "tv_weight"),
-    ("--image-size", "8", "image_size"),
+    ("--style-weight", "-1", "--style-weight must be"),
+    ("--content-weight", "nan", "--content-weight must be"),
+    ("--tv-weight", "inf", "--tv-weight must be"),
+    ("--image-size", "8", "--image-size must be"),
     ("--style-layers", "relu9_9", "relu9_9"),
     ("--content-layers", "fc7", "fc7"),
     ("--optimizer", "sgd", "--optimizer"),
     ("--init", "noise", "--init"),
     ("--lbfgs-linesearch", "wolfe", "--lbfgs-linesearch"),
     ("--num-iterations", "ten", "--num-iterations"),
-    ("--learning-rate", "0", "learning_rate"),
+    ("--learning-rate", "0", "--learning-rate must be"),
 ])
 def test_bad_setting(flag, value, name, tmp_path, capsys):
     err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, flag, value], tmp_path, capsys)
@@ -204,7 +210,7 @@ def test_bad_setting(flag, value, name, tmp_path, capsys):
 
 def test_init_image_required_for_init_image(tmp_path, capsys):
     err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, "--init", "image"], tmp_path, capsys)
-    assert "init_image" in err
+    assert "--init image needs --init-image" in err
 
 
 def test_output_directory_that_cannot_be_written(tmp_path, capsys):
@@ -226,6 +232,16 @@ def test_unsupported_output_extension(tmp_path, capsys):
 
 
 def test_non_finite_loss(tmp_path, capsys):
-    err = _fails(["--content", CONTENT, "--style", STYLE, *FAST, "--optimizer", "adam", "--learning-rate", "1e30",
-                  "--num-iterations", "4", "--print-every", "1", "--save-every", "1"], tmp_path, capsys)
-    assert "non-finite" in err and "no image was written" in err
+    out = tmp_path / "result.png"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--content", CONTENT, "--style", STYLE, *FAST, "--optimizer", "adam", "--learning-rate", "1e30",
+                  "--num-iterations", "4", "--print-every", "1", "--save-every", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.startswith("nst-jax: error: ")
+    assert "non-finite" in err and not out.exists()
+    partials = sorted(tmp_path.glob("*.partial-*"))
+    if "(the starting image)" in err:  # nothing finite to keep
+        assert not partials
+    else:  # the last finite iterate is kept as a partial file the message names, never as the output
+        assert len(partials) == 1 and str(partials[0]) in err and "not a finished result" in err
+        assert images.read_metadata(partials[0])["partial"] is True

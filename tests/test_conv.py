@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from nst_jax import conv, vgg, weights
-from nst_jax.objective import Objective
+from nst_jax.config import Settings
+from nst_jax.objective import Objective, make_targets
 
 
 def _rel(a, b):
@@ -62,13 +63,15 @@ def test_objective_value_and_gradient_match_direct():
     c = jnp.asarray(rng.uniform(-100, 100, (40, 48, 3)), jnp.float32)
     out = {}
     for alg in ("direct", "winograd"):
-        obj = Objective(content_layers=("relu4_2",), style_layers=("relu1_1", "relu3_1", "relu4_1", "relu5_1"),
-                        content_weights=(5.0,), style_weights=(100.0,) * 4, tv_weight=1e-3, conv_algorithm=alg)
-        targets = {"content": obj.content_targets(params, c), "style": obj.style_grams(params, c * 0.5)}
+        s = Settings(content_layers=("relu4_2",), style_layers=("relu1_1", "relu3_1", "relu4_1", "relu5_1"),
+                     content_weight=5.0, style_weight=100.0, tv_weight=1e-3, conv_algorithm=alg)
+        obj = Objective.from_settings(s)
+        targets = make_targets(obj, params, c, [c * 0.5], weights=s)
         out[alg] = jax.jit(obj.value_and_grad)(params, x, targets)
     (td, gd), (tw, gw) = out["direct"], out["winograd"]
-    for a, b in zip(tw, td):
-        assert float(a) == pytest.approx(float(b), rel=1e-5)
+    assert list(tw) == list(td) == ["total", "content", "style", "tv"]
+    for name in td:
+        assert float(tw[name]) == pytest.approx(float(td[name]), rel=1e-5)
     # Through 16 layers, ReLUs whose input is within rounding of 0 switch either way, so the gradients
     # of two float32 implementations part more than the values: measured 3.4e-4 relative L2 here (the
     # PyTorch reference and nst_jax's direct convolution: ~2e-3 at 256 px, see BENCHMARKS.md).
@@ -83,9 +86,10 @@ def test_prepared_params_give_the_same_loss_without_transforming_kernels_per_eva
     params = weights.random_params(0)
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.uniform(-100, 100, (24, 32, 3)), jnp.float32)
-    obj = Objective(content_layers=("relu4_2",), style_layers=("relu3_1", "relu4_1"), content_weights=(1.0,),
-                    style_weights=(10.0, 10.0), tv_weight=0.0, conv_algorithm="winograd")
-    targets = {"content": obj.content_targets(params, x * 0.3), "style": obj.style_grams(params, x * 0.5)}
+    s = Settings(content_layers=("relu4_2",), style_layers=("relu3_1", "relu4_1"), content_weight=1.0,
+                 style_weight=10.0, tv_weight=0.0, conv_algorithm="winograd")
+    obj = Objective.from_settings(s)
+    targets = make_targets(obj, params, x * 0.3, [x * 0.5], weights=s)
     prepared = obj.prepare(params)
     assert vgg.WINOGRAD_KEY in prepared["params"]["conv4_1"] and vgg.WINOGRAD_KEY not in prepared["params"]["conv2_1"]
     again = obj.prepare(prepared)
@@ -93,8 +97,8 @@ def test_prepared_params_give_the_same_loss_without_transforming_kernels_per_eva
     np.testing.assert_array_equal(u, conv.winograd_kernel(params["params"]["conv4_1"]["kernel"]))
     assert u.shape == (16, 256, 512) and u_grad.shape == (16, 512, 256)
     (t0, g0), (t1, g1) = (jax.jit(obj.value_and_grad)(p, x, targets) for p in (params, prepared))
-    for a, b in zip(t1, t0):
-        assert float(a) == pytest.approx(float(b), rel=1e-6)
+    for name in t0:
+        assert float(t1[name]) == pytest.approx(float(t0[name]), rel=1e-6)
     np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-6 * float(jnp.abs(g0).max()))
 
     def kernel_transforms(p):  # einsums with the 4x3 transform matrix G on a (3, 3, C_in, C_out) kernel

@@ -15,6 +15,7 @@ import pytest
 from nst_jax import api, images, optim, vgg
 from nst_jax.config import Settings
 from nst_jax.objective import Objective, loss, make_targets
+from nst_jax.terms import INPUT
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,7 +31,8 @@ def _setup(dtype, problem):
     content, style, params = problem
     s = Settings(image_size=64, weights="random", dtype=dtype, init="content")
     obj = Objective.from_settings(s)
-    targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))])
+    targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))],
+                           weights=s)
     return s, obj, targets
 
 
@@ -39,8 +41,8 @@ def test_bf16_features_and_float32_losses(problem):
     s, obj, targets = _setup("bfloat16", problem)
     x = vgg.preprocess(jnp.asarray(content))
     feats = obj.features(params, x)
-    assert all(f.dtype == jnp.bfloat16 for f in feats.values())
-    assert all(t.dtype == jnp.float32 for t in targets["style"].values())  # Grams accumulate in float32
+    assert all(f.dtype == jnp.bfloat16 for name, f in feats.items() if name != INPUT)  # not the image itself
+    assert all(t.dtype == jnp.float32 for t in targets["style"]["target"].values())  # Grams accumulate in float32
     terms, g = jax.jit(obj.value_and_grad)(params, x, targets)
     assert terms.total.dtype == jnp.float32 and g.dtype == jnp.float32
     _, obj32, targets32 = _setup("float32", problem)

@@ -479,9 +479,12 @@ def test_read_metadata_errors(tmp_path):
         images.read_metadata(fake)
 
 
-def test_save_creates_missing_parent_directories(tmp_path):
-    path = images.save_image(_random_image(), tmp_path / "a" / "b" / "out.png")
+def test_save_creates_a_missing_last_directory_level(tmp_path):
+    path = images.save_image(_random_image(), tmp_path / "a" / "out.png")
     assert path.is_file()
+    with pytest.raises(ImageError, match=r"its parent '.*b' does not exist"):  # only the last level
+        images.save_image(_random_image(), tmp_path / "b" / "c" / "out.png")
+    assert not (tmp_path / "b").exists()
 
 
 def test_saved_file_gets_normal_permissions(tmp_path):
@@ -589,7 +592,7 @@ def test_unwritable_directory_simulated(tmp_path, monkeypatch):
 
 
 def test_check_output_path_has_no_side_effects(tmp_path):
-    target = tmp_path / "new" / "dirs" / "out.jpg"
+    target = tmp_path / "new" / "out.jpg"
     assert images.check_output_path(str(target)) == target
     assert list(tmp_path.iterdir()) == []  # neither directories nor probe files
     assert images.check_output_path(tmp_path / "out.webp") == tmp_path / "out.webp"

@@ -46,7 +46,11 @@ def test_estimate_grows_with_size_and_remat_changes_only_temporaries(settings):
     # XLA:CPU they are not smaller, so neither is the estimate; the direction is not asserted.)
     r = xla(settings, 128, remat=True, phases=["step"])["phases"]["step"]
     assert (r["argument"], r["output"], r["alias"]) == (step["argument"], step["output"], step["alias"])
-    assert r["temp"] != step["temp"] and r["temp"] > 0
+    assert r["temp"] > 0
+    # Whether the temporaries differ depends on XLA's scheduling; with every default layer they do.
+    deep = nst_jax.Settings(weights="random")
+    d, dr = (xla(deep, 64, remat=flag, phases=["step"])["phases"]["step"]["temp"] for flag in (False, True))
+    assert d != dr
 
 
 def test_search_returns_the_largest_size_within_the_budget(settings):

@@ -137,7 +137,7 @@ def _jax_terms(s: Settings, params, content, styles, x):
     with jax.default_matmul_precision("highest"):
         targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content, jnp.float32)),
                                [vgg.preprocess(jnp.asarray(st, jnp.float32)) for st in styles],
-                               s.style_blend_weights)
+                               s.style_blend_weights, weights=s)
         terms = objective.loss(obj, params, jnp.asarray(x), targets)
     return obj, targets, terms
 
@@ -183,32 +183,33 @@ def test_reference_detects_convention_changes(params, imgs):
 
 def test_blend_weights_are_normalized(params, imgs):
     content, styles, _ = imgs
-    obj = Objective.from_settings(Settings(weights="random", style_layers=("relu1_1", "relu2_1"),
-                                           content_layers=("relu2_1",)))
+    s = Settings(weights="random", style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
+    obj = Objective.from_settings(s)
     c = vgg.preprocess(jnp.asarray(content, jnp.float32))
     ss = [vgg.preprocess(jnp.asarray(st, jnp.float32)) for st in styles]
-    t37 = make_targets(obj, params, c, ss, (3, 7))
-    t_frac = make_targets(obj, params, c, ss, (0.3, 0.7))
-    t_equal = make_targets(obj, params, c, ss)
-    g0 = objective.style_grams(obj, params, ss[0])
-    g1 = objective.style_grams(obj, params, ss[1])
-    for layer in obj.style_layers:
-        np.testing.assert_allclose(t37["style"][layer], t_frac["style"][layer], rtol=1e-6)
-        np.testing.assert_allclose(t37["style"][layer], 0.3 * g0[layer] + 0.7 * g1[layer], rtol=1e-5)
-        np.testing.assert_allclose(t_equal["style"][layer], 0.5 * (g0[layer] + g1[layer]), rtol=1e-5)
+    t37 = make_targets(obj, params, c, ss, (3, 7), weights=s)["style"]["target"]
+    t_frac = make_targets(obj, params, c, ss, (0.3, 0.7), weights=s)["style"]["target"]
+    t_equal = make_targets(obj, params, c, ss, weights=s)["style"]["target"]
+    g0 = objective.style_statistics(obj, params, ss[0])["style"]
+    g1 = objective.style_statistics(obj, params, ss[1])["style"]
+    for layer in s.style_layers:
+        np.testing.assert_allclose(t37[layer], t_frac[layer], rtol=1e-6)
+        np.testing.assert_allclose(t37[layer], 0.3 * g0[layer] + 0.7 * g1[layer], rtol=1e-5)
+        np.testing.assert_allclose(t_equal[layer], 0.5 * (g0[layer] + g1[layer]), rtol=1e-5)
     with pytest.raises(ValueError, match="blend weights"):
-        make_targets(obj, params, c, ss, (1.0,))
+        make_targets(obj, params, c, ss, (1.0,), weights=s)
     with pytest.raises(ValueError, match="not all be 0"):
-        make_targets(obj, params, c, ss, (0.0, 0.0))
+        make_targets(obj, params, c, ss, (0.0, 0.0), weights=s)
 
 
 def test_per_layer_weights_multiply():
     s = Settings(content_layers=("relu1_1", "relu2_1"), content_layer_weights=(2, 3), content_weight=5,
                  style_layers=("relu1_1", "relu3_1"), style_layer_weights=(0.5, 4), style_weight=10)
-    obj = Objective.from_settings(s)
-    assert obj.content_weights == (10.0, 15.0)
-    assert obj.style_weights == (5.0, 40.0)
-    assert Objective.from_settings(Settings()).content_weights == (5.0,)
+    w = Objective.from_settings(s).weights(s)
+    np.testing.assert_array_equal(w["content"], [10.0, 15.0])
+    np.testing.assert_array_equal(w["style"], [5.0, 40.0])
+    np.testing.assert_array_equal(w["tv"], [1e-3])
+    assert Objective.from_settings(Settings()).weights(Settings())["content"].tolist() == [5.0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,9 +221,10 @@ _SMALL = dict(weights="random", content_layers=("relu2_1",), style_layers=("relu
 @pytest.fixture(scope="module")
 def small_problem(params, imgs):
     content, styles, x = imgs
-    obj = Objective.from_settings(Settings(**_SMALL))
+    s = Settings(**_SMALL)
+    obj = Objective.from_settings(s)
     targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content, jnp.float32)),
-                           [vgg.preprocess(jnp.asarray(styles[0], jnp.float32))])
+                           [vgg.preprocess(jnp.asarray(styles[0], jnp.float32))], weights=s)
     return obj, targets, jnp.asarray(x)
 
 
@@ -256,7 +258,7 @@ def test_no_recompile_on_second_call(params, small_problem, caplog):
     # ...and the counters do move when something static changes (the test can fail)
     caplog.clear()
     with caplog.at_level(logging.WARNING), jax.log_compiles():
-        objective.loss(Objective.from_settings(Settings(**{**_SMALL, "tv_weight": 0.5})), params, x, targets)
+        objective.loss(Objective.from_settings(Settings(**{**_SMALL, "activation_shift": 0.5})), params, x, targets)
     assert objective.loss._cache_size() == before + 1
     assert [r for r in caplog.records if "Compiling" in r.getMessage()]
 

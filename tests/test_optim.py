@@ -254,7 +254,7 @@ def problem(image_size: int = 64, **kw):
     params = api.get_params("random")
     obj = Objective.from_settings(s)
     content_caffe = vgg.preprocess(jnp.asarray(content))
-    targets = make_targets(obj, params, content_caffe, [vgg.preprocess(jnp.asarray(st)) for st in styles])
+    targets = make_targets(obj, params, content_caffe, [vgg.preprocess(jnp.asarray(st)) for st in styles], weights=s)
     return obj, params, targets, api.initial_image(s, content, styles), content_caffe
 
 
@@ -505,9 +505,8 @@ def test_non_finite_loss_raises_from_adam_with_a_huge_learning_rate():
 
 def test_non_finite_loss_raises_at_iteration_0_from_an_infinite_weight():
     obj, params, targets, x0, _ = problem(**TINY)
-    inf_obj = Objective(obj.content_layers, obj.style_layers, obj.content_weights, obj.style_weights,
-                        tv_weight=float("inf"))
-    stepper = optim.single_image_stepper(inf_obj, optim.SolverSpec(history=5), params, targets, "step")
+    inf_targets = {**targets, "tv": {**targets["tv"], "weight": jnp.full_like(targets["tv"]["weight"], jnp.inf)}}
+    stepper = optim.single_image_stepper(obj, optim.SolverSpec(history=5), params, inf_targets, "step")
     with pytest.raises(optim.NonFiniteLossError, match="iteration 0"):
         optim.run(stepper, x0, 5)
 

@@ -69,7 +69,7 @@ def test_ray_job_does_each_image_once_like_the_local_job(cluster, inputs, local,
     bad = rows["f_corrupt.jpg"]
     assert bad["status"] == "failed" and "truncated or corrupt" in bad["error"]
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted([Path(n).stem + ".png" for n in GOOD] + [batch.SUMMARY_NAME])  # no temp files
+    assert written == sorted([Path(n).stem + ".png" for n in GOOD] + [batch.SUMMARY_NAME, batch.JOURNAL_NAME])
     for name in GOOD:
         png = Path(name).stem + ".png"
         a, b = images.load_image(out / png), images.load_image(local / png)

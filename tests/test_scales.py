@@ -86,9 +86,11 @@ def test_each_stage_starts_from_the_previous_result_upsampled(inputs, monkeypatc
     s = Settings(image_size=64, **{k: v for k, v in FAST.items() if k not in ("progress", "print_every")})
     obj = Objective.from_settings(s)
     params = api.get_params("random")
-    targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))])
+    targets = make_targets(obj, params, vgg.preprocess(jnp.asarray(content)), [vgg.preprocess(jnp.asarray(style))],
+                           weights=s)
     assert r.history[4].total == pytest.approx(float(loss(obj, params, jnp.asarray(x_out), targets).total), rel=1e-5)
-    targets48 = make_targets(obj, params, vgg.preprocess(jnp.asarray(c48)), [vgg.preprocess(jnp.asarray(s48))])
+    targets48 = make_targets(obj, params, vgg.preprocess(jnp.asarray(c48)), [vgg.preprocess(jnp.asarray(s48))],
+                             weights=s)
     assert r.history[3].total == pytest.approx(float(loss(obj, params, jnp.asarray(x_in), targets48).total), rel=1e-5)
 
 
@@ -126,5 +128,5 @@ def test_cli_scales(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nst_jax", "--content", "a.jpg", "--style", "b.jpg",
                           "--output", str(out), "--image-size", "64", "--scales", "64"],
                          capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode == 2 and "scales must increase and stay below image_size=64" in bad.stderr
+    assert bad.returncode == 2 and "--scales must increase and stay below --image-size 64" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -62,7 +62,7 @@ def problem(dtype: str = "float32"):
                                 conv_algorithm="direct")  # parity: pin full precision and XLA's convolution
     objective = Objective.from_settings(settings)
     jparams = jax.tree.map(lambda a: jnp.asarray(a, np_dtype), params)
-    targets = make_targets(objective, jparams, jnp.asarray(content), [jnp.asarray(style)])
+    targets = make_targets(objective, jparams, jnp.asarray(content), [jnp.asarray(style)], weights=settings)
     tobj = tr.TorchObjective(params, content, [style], content_weight=settings.content_weight,
                              style_weight=settings.style_weight, tv_weight=settings.tv_weight, dtype=dtype)
     return settings, objective, jparams, targets, tobj, x0

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
+import json
+import os
 import shutil
 import socket
+import stat
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pooch
 import pytest
 
 from nst_jax import vgg, weights
@@ -79,11 +87,13 @@ def free_port() -> int:
 
 
 class WeightsServer:
-    """A local HTTP server: ``/ok/<name>`` serves a file, ``/truncated/<name>`` announces more than it sends."""
+    """A local HTTP server: ``/ok/<name>`` serves a file, ``/truncated/<name>`` announces more than it sends,
+    ``/slow/<name>`` serves it in pieces over about ``slow_seconds``."""
 
     def __init__(self):
         self.files: dict[str, Path] = {}
         self.requests: list[str] = []
+        self.slow_seconds = 3.0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -92,7 +102,7 @@ class WeightsServer:
             def do_GET(self):  # noqa: N802 (http.server API)
                 server.requests.append(self.path)
                 _, mode, name = self.path.split("/", 2)
-                if name not in server.files or mode not in ("ok", "truncated"):
+                if name not in server.files or mode not in ("ok", "truncated", "slow"):
                     self.send_error(404)
                     return
                 body = server.files[name].read_bytes()
@@ -102,6 +112,14 @@ class WeightsServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                elif mode == "slow":
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    pieces = 10
+                    for k in range(pieces):
+                        self.wfile.write(body[k * len(body) // pieces:(k + 1) * len(body) // pieces])
+                        self.wfile.flush()
+                        time.sleep(server.slow_seconds / pieces)
                 else:  # the connection drops mid-transfer
                     self.send_header("Content-Length", str(len(body) + 1000))
                     self.end_headers()
@@ -225,6 +243,171 @@ def test_fetch_http_error_is_clear(server, cache):
         weights.fetch_weights(url, "md5:" + weights.KERAS_MD5, progress=False)
 
 
+def test_fetch_offline_leaves_no_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "cache" / "nested"
+    monkeypatch.setenv(weights.ENV_CACHE, str(folder))
+    with pytest.raises(WeightsError):
+        weights.fetch_weights(f"http://127.0.0.1:{free_port()}/{FNAME}", "md5:" + weights.KERAS_MD5, progress=False)
+    assert not (tmp_path / "cache").exists()  # neither the folder nor its parent, both created for the download
+
+
+def test_fetch_interrupted_by_ctrl_c_leaves_nothing(server, cache, small_h5, monkeypatch):
+    server.files[FNAME] = small_h5
+
+    def interrupted(self, url, output_file, pooch_, check_only=False):
+        if hasattr(output_file, "write"):
+            output_file.write(b"partial")
+        else:
+            Path(output_file).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        weights.fetch_weights(server.url(FNAME), "md5:" + md5(small_h5), progress=False)
+    assert not cache.exists()
+
+
+def test_fetch_prints_nothing_before_a_failed_connection(cache):
+    # A separate process: its stderr is what a user sees (loggers bound to pytest's streams would escape capfd).
+    code = ("import sys\nfrom nst_jax import weights\ntry:\n"
+            "    weights.fetch_weights(sys.argv[1], 'md5:' + weights.KERAS_MD5, progress=True)\n"
+            "except weights.WeightsError:\n    print('refused')\n")
+    url = f"http://127.0.0.1:{free_port()}/{FNAME}"
+    r = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=300,
+                       env=os.environ | {weights.ENV_CACHE: str(cache)})
+    assert r.stdout.strip() == "refused", r.stderr
+    assert "ownloading" not in r.stderr and url not in r.stderr  # no line announcing a download that never starts
+
+
+def test_fetch_announces_the_download_once_connected(server, cache, small_h5, capfd):
+    server.files[FNAME] = small_h5
+    weights.fetch_weights(server.url(FNAME), "md5:" + md5(small_h5), progress=True)
+    err = capfd.readouterr().err
+    assert server.url(FNAME) in err and str(cache / FNAME) in err
+
+
+def test_downloaded_file_gets_the_usual_permissions(server, cache, small_h5):
+    server.files[FNAME] = small_h5
+    old = os.umask(0o022)
+    try:
+        path = weights.fetch_weights(server.url(FNAME), "md5:" + md5(small_h5), progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # 0666 minus the umask, readable by other users
+
+
+def test_fetch_refuses_a_corrupt_cached_file(server, cache, small_h5):
+    server.files[FNAME] = small_h5
+    cache.mkdir()
+    bad = cache / FNAME
+    bad.write_bytes(small_h5.read_bytes()[:1000])  # a truncated copy put there by hand
+    with pytest.raises(WeightsError) as e:
+        weights.fetch_weights(server.url(FNAME), "md5:" + md5(small_h5), progress=False)
+    msg = str(e.value)
+    assert str(bad) in msg and "corrupt" in msg and "delete it" in msg and md5(small_h5) in msg
+    assert server.count(FNAME) == 0 and bad.stat().st_size == 1000  # not used, not silently replaced
+
+
+@pytest.fixture()
+def make_read_only(monkeypatch):
+    """Makes a folder unwritable: mode 0555 and, where that does not stop this user (root), ``os.open`` and
+    ``os.mkdir`` refuse to create anything inside it with EACCES, as the kernel does for other users."""
+    folders: list[Path] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def inside(path) -> bool:
+        path = Path(os.fsdecode(path)).absolute()
+        return any(path == f or f in path.parents for f in folders)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    def fake_open(path, flags, mode=0o777, *args, **kwargs):
+        if inside(path) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            refuse(path)
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    def fake_mkdir(path, mode=0o777, *args, **kwargs):
+        if inside(Path(os.fsdecode(path)).parent):
+            refuse(path)
+        return real_mkdir(path, mode, *args, **kwargs)
+
+    def make(folder: Path) -> Path:
+        folder.chmod(0o555)
+        folders.append(folder.absolute())
+        if os.access(folder, os.W_OK):
+            monkeypatch.setattr(os, "open", fake_open)
+            monkeypatch.setattr(os, "mkdir", fake_mkdir)
+        return folder
+
+    yield make
+    for f in folders:
+        f.chmod(0o755)
+
+
+@pytest.mark.parametrize("sub", ["", "nested/cache"])
+def test_read_only_cache_folder_is_explained(tmp_path, monkeypatch, make_read_only, sub):
+    (tmp_path / "ro").mkdir()
+    folder = make_read_only(tmp_path / "ro") / sub
+    monkeypatch.setenv(weights.ENV_CACHE, str(folder))
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(weights, "KERAS_URL", f"http://127.0.0.1:{free_port()}/{FNAME}")
+    with pytest.raises(WeightsError) as e:
+        weights.resolve_params(None, progress=False)
+    msg = str(e.value)
+    assert str(folder) in msg and "writable" in msg  # which folder, and what is wrong with it
+    assert weights.ENV_CACHE in msg and weights.ENV_WEIGHTS in msg  # another cache folder, or a file
+
+
+def test_read_only_cache_folder_holding_the_file_is_used(tmp_path, server, small_h5, make_read_only):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(small_h5, folder / FNAME)
+    make_read_only(folder)
+    path = weights.fetch_weights(server.url(FNAME), "md5:" + md5(small_h5), cache=folder, progress=False)
+    assert path == folder / FNAME and server.count(FNAME) == 0
+
+
+# Run by two processes at once: each imports nst_jax, says it is ready, waits for "go", then fetches.
+_FETCH_CHILD = """
+import sys, time
+from pathlib import Path
+from nst_jax import weights
+url, known, ready, go = sys.argv[1:5]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+print(weights.fetch_weights(url, known, progress=True))
+"""
+
+
+def test_two_processes_fetching_at_once_download_once(server, cache, small_h5, tmp_path):
+    server.files[FNAME] = small_h5
+    server.slow_seconds = 3.0  # the first download lasts long enough for the second process to find it running
+    url, known = server.url(FNAME, mode="slow"), "md5:" + md5(small_h5)
+    env = {k: v for k, v in os.environ.items() if k != weights.ENV_WEIGHTS} | {weights.ENV_CACHE: str(cache)}
+    go, ready = tmp_path / "go", [tmp_path / "ready0", tmp_path / "ready1"]
+    procs = [subprocess.Popen([sys.executable, "-c", _FETCH_CHILD, url, known, str(r), str(go)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a child did not start"
+            time.sleep(0.01)
+        go.touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == [str(cache / FNAME)] * 2
+    assert sum("another process" in err for _, err in outs) == 1, outs  # the two fetches did overlap
+    assert server.count(FNAME) == 1  # exactly one GET: the second process waited and used the file
+    assert files_in(cache) == [FNAME]  # no lock file or temporary file left
+    assert (cache / FNAME).read_bytes() == small_h5.read_bytes()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Resolution order
 
@@ -251,7 +434,10 @@ def test_none_without_env_cache_or_network_raises(cache, monkeypatch):
     monkeypatch.setattr(weights, "KERAS_URL", url)
     with pytest.raises(WeightsError) as e:
         weights.load_vgg19(None, progress=False)
-    assert url in str(e.value) and "random" in str(e.value)  # explains; never falls back to random weights
+    msg = str(e.value)
+    assert url in msg and "random" in msg  # explains; never falls back to random weights
+    assert str(cache / FNAME) in msg and weights.ENV_WEIGHTS in msg and "--weights random" in msg
+    assert not cache.exists()
 
 
 def test_none_downloads_then_uses_cache(server, cache, monkeypatch, full_h5, full_params):
@@ -269,8 +455,10 @@ def test_none_rejects_cached_file_with_wrong_md5(cache, monkeypatch, small_h5):
     cache.mkdir()
     shutil.copy(small_h5, cache / FNAME)
     monkeypatch.setattr(weights, "KERAS_URL", f"http://127.0.0.1:{free_port()}/{FNAME}")
-    with pytest.raises(WeightsError, match=rf"MD5 {md5(small_h5)}, expected {weights.KERAS_MD5}"):
+    with pytest.raises(WeightsError, match=rf"MD5 {md5(small_h5)}, expected {weights.KERAS_MD5}") as e:
         weights.resolve_params(None)
+    msg = str(e.value)
+    assert str(cache / FNAME) in msg and "corrupt" in msg and "delete it" in msg and weights.KERAS_URL in msg
 
 
 def test_explicit_random_is_deterministic_per_seed(cache):
@@ -313,6 +501,15 @@ def test_npz_roundtrip_and_dispatch(tmp_path, full_params):
     assert_params_equal(weights.load_npz(path), full_params)
     assert_params_equal(weights.load_params(path), full_params)
     assert_params_equal(weights.load_vgg19(path).params, full_params)
+
+
+def test_npz_gets_the_usual_permissions(tmp_path, full_params):
+    old = os.umask(0o022)
+    try:
+        path = weights.save_npz(full_params, tmp_path / "vgg19.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and files_in(tmp_path) == ["vgg19.npz"]
 
 
 def test_params_dict_is_accepted(full_params):
@@ -406,6 +603,188 @@ def test_npz_missing_layer_and_bad_keys(tmp_path, full_params):
 def test_bad_weights_argument():
     with pytest.raises(WeightsError, match="weights must be"):
         weights.resolve_params(3)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / FNAME
+    path.touch()
+    for load in (weights.load_vgg19, weights.load_params, weights.load_keras_h5, weights.load_npz):
+        with pytest.raises(WeightsError) as e:
+            load(path)
+        assert str(path) in str(e.value) and "empty (0 bytes)" in str(e.value), load
+
+
+@pytest.mark.parametrize("keep", [10, 600, 0.5, -100])
+def test_truncated_h5_is_called_truncated(tmp_path, small_h5, keep):
+    data = small_h5.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path = tmp_path / "cut.h5"
+    path.write_bytes(data[:n])
+    with pytest.raises(WeightsError) as e:
+        weights.load_vgg19(path)
+    msg = str(e.value)
+    assert str(path) in msg and "truncated or corrupt" in msg and "download it again" in msg
+
+
+def test_corrupt_h5_always_gives_a_weights_error(tmp_path, small_h5):
+    """Damaged HDF5 metadata anywhere in the file: an explanation naming the file, never a bare h5py error."""
+    data = small_h5.read_bytes()
+    path = tmp_path / "damaged.h5"
+    for offset in range(0, len(data), 64):
+        path.write_bytes(data[:offset] + bytes(32) + data[offset + 32:])
+        # Undamaged metadata gives the (small) file's shape error; damaged metadata, "truncated or corrupt".
+        with pytest.raises(WeightsError, match="damaged.h5"):
+            weights.load_params(path)
+
+
+def test_web_page_saved_as_h5_is_recognized(tmp_path):
+    path = tmp_path / FNAME
+    path.write_text("<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>\n")
+    for load in (weights.load_vgg19, weights.load_keras_h5):
+        with pytest.raises(WeightsError) as e:
+            load(path)
+        assert str(path) in str(e.value) and "web page" in str(e.value) and weights.KERAS_URL in str(e.value)
+
+
+def write_legacy_h5(path: Path, layers: dict[str, list[tuple[str, tuple[int, ...]]]]) -> Path:
+    """A Keras 2 weights file (``layer_names``/``weight_names``) with the given layers' weights (zeros)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in layers])
+        for name, ws in layers.items():
+            g = f.create_group(name)
+            g.attrs["weight_names"] = np.array([w.encode() for w, _ in ws])
+            for w, shape in ws:
+                g.create_dataset(w, data=np.zeros(shape, np.float32))
+    return path
+
+
+def test_vgg16_file_is_recognized(tmp_path):
+    layers = {"input_1": []}
+    for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)):  # VGG-16: 13 convolutions
+        for i in range(1, n + 1):
+            layers[f"block{b}_conv{i}"] = [(f"block{b}_conv{i}/kernel:0", (3, 3, 1, 1)),
+                                           (f"block{b}_conv{i}/bias:0", (1,))]
+        layers[f"block{b}_pool"] = []
+    path = write_legacy_h5(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", layers)
+    with pytest.raises(WeightsError) as e:
+        weights.load_vgg19(path)
+    msg = str(e.value)
+    assert str(path) in msg and "VGG-16" in msg and FNAME in msg
+    assert "block3_conv4" in msg and "block5_conv4" in msg  # what is missing
+
+
+def test_other_network_file_is_recognized(tmp_path):
+    layers = {"input_1": [], "conv1_pad": [], "conv1_conv": [("conv1_conv/kernel:0", (7, 7, 3, 4))],
+              "conv1_bn": [("conv1_bn/gamma:0", (4,))], "conv2_block1_1_conv": [("conv2_block1_1_conv/kernel:0",
+                                                                                 (1, 1, 4, 4))],
+              "predictions": [("predictions/kernel:0", (4, 10)), ("predictions/bias:0", (10,))]}
+    path = write_legacy_h5(tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5", layers)
+    with pytest.raises(WeightsError) as e:
+        weights.load_vgg19(path)
+    msg = str(e.value)
+    assert str(path) in msg and "conv1_conv" in msg and "another network" in msg  # what the file holds
+    assert "block1_conv1" in msg and FNAME in msg  # what was expected
+
+
+def test_vgg19_file_with_classifier_top_loads(tmp_path, full_h5, full_params):
+    path = Path(shutil.copy(full_h5, tmp_path / "with_top.h5"))
+    with h5py.File(path, "a") as f:
+        f.attrs["layer_names"] = np.array([*f.attrs["layer_names"], b"flatten", b"fc1", b"fc2", b"predictions"])
+        f.create_group("flatten").attrs["weight_names"] = np.array([])
+        for name in ("fc1", "fc2", "predictions"):
+            g = f.create_group(name)
+            g.attrs["weight_names"] = np.array([f"{name}_W_1:0".encode(), f"{name}_b_1:0".encode()])
+            g[f"{name}_W_1:0"], g[f"{name}_b_1:0"] = np.zeros((4, 3), np.float32), np.zeros(3, np.float32)
+    assert_params_equal(weights.load_keras_h5(path), full_params)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Which weights were used: notice for random weights, provenance in outputs and job summaries
+
+
+def test_random_weights_notice_once_per_process():
+    code = ("import os\nfrom nst_jax import weights\nweights.resolve_params('random')\nweights.resolve_params('random')\n"
+            f"os.environ[{weights.ENV_WEIGHTS!r}] = 'random'\nweights.resolve_params(None)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "random" in line.lower()]
+    assert len(lines) == 1, r.stderr
+    assert "not a stylization" in lines[0]
+
+
+def test_describe_names_the_weights_used(cache, monkeypatch, tmp_path, small_h5, full_params):
+    assert weights.describe("random") == {"source": "random", "seed": 0}
+    assert weights.describe(full_params) == {"source": "params"}
+    assert weights.describe(None) == {"source": "file", "path": str(cache / FNAME), "md5": weights.KERAS_MD5,
+                                      "url": weights.KERAS_URL}
+    monkeypatch.setenv(weights.ENV_WEIGHTS, "random")
+    assert weights.describe(None) == {"source": "random", "seed": 0}
+
+    path = Path(shutil.copy(small_h5, tmp_path / "mine.h5")).resolve()
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(path))
+    hashed = []
+    real_hash = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: hashed.append(a) or real_hash(*a, **k))
+    expected = {"source": "file", "path": str(path), "md5": md5(path)}
+    assert weights.describe(None) == weights.describe(path) == weights.describe(str(path)) == expected
+    assert len(hashed) == 1  # the digest is computed once per file, not once per image
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert weights.describe(path)["md5"] == md5(path) and len(hashed) == 2  # a changed file is hashed again
+    with pytest.raises(WeightsError, match="not found"):
+        weights.describe(tmp_path / "missing.h5")
+
+
+def tiny_image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((24, 32, 3), dtype=np.float32)
+
+
+def test_png_metadata_records_the_weights_used(tmp_path, monkeypatch, full_h5):
+    import nst_jax
+    from nst_jax import images
+
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    kw = dict(image_size=32, num_iterations=1, content_layers=("relu1_1",), style_layers=("relu1_1",),
+              progress=False)
+    out = nst_jax.stylize(tiny_image(0), tiny_image(1), weights=str(full_h5), output=tmp_path / "file.png", **kw)
+    assert images.read_metadata(out.output)["weights"] == {"source": "file", "path": str(full_h5.resolve()),
+                                                           "md5": md5(full_h5)}
+    out = nst_jax.stylize(tiny_image(0), tiny_image(1), weights="random", output=tmp_path / "random.png", **kw)
+    assert images.read_metadata(out.output)["weights"] == {"source": "random", "seed": 0}
+
+
+@pytest.fixture()
+def finished_job(tmp_path) -> tuple[Path, Path, Path]:
+    """An input folder whose one output already exists: a job over it only plans and writes its summary."""
+    from nst_jax import images
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    style = images.save_image(tiny_image(1), tmp_path / "style.png")
+    images.save_image(tiny_image(0), inputs / "a.png")
+    images.save_image(tiny_image(2), out / "a.png")
+    return inputs, style, out
+
+
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_job_summary_records_the_weights_used(finished_job, monkeypatch, runner):
+    from nst_jax import batch
+
+    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
+    inputs, style, out = finished_job
+    if runner == "ray":
+        pytest.importorskip("ray")
+        from nst_jax.ray_job import run_ray_job as run
+    else:
+        run = batch.run_job
+    old = os.umask(0o027)
+    try:
+        summary = run(inputs, style, out, weights="random", image_size=32, progress=False)
+    finally:
+        os.umask(old)
+    data = json.loads(summary.path.read_text())
+    assert data["totals"]["skipped"] == 1 and data["runner"] == runner
+    assert data["weights"] == {"source": "random", "seed": 0}
+    # Written like the image outputs: 0666 minus the umask (not a private 0600 file).
+    assert stat.S_IMODE(summary.path.stat().st_mode) == 0o640
 
 
 # ------------------------------------------------------------------------------------------------------------
