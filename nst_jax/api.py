@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import canvas, images, optim, vgg, weights
-from nst_jax.config import SettingError, Settings, stages
+from nst_jax.config import SettingError, Settings
 from nst_jax.objective import Objective, make_targets
+
+# The pipeline's pieces, re-exported: callers have long found them here.
+from nst_jax.pipeline import (Stage, StageInputs, Stop, add_record, coarse_to_fine, finish_image,  # noqa: F401
+                              initial_image, run_stages, stage_images, upsample)  # noqa: F401
 
 
 @dataclass
@@ -142,26 +145,9 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
     return out
 
 
-def initial_image(s: Settings, content: np.ndarray | None, styles: list[np.ndarray], key=None, *,
-                  shape_hw: tuple[int, int] | None = None) -> jax.Array:
-    """The starting point in Caffe space, ``(H, W, 3)``, for content of shape ``content.shape`` (without
-    content, of shape ``shape_hw``)."""
-    h, w = content.shape[:2] if content is not None else shape_hw
-    if s.init == "random":
-        key = jax.random.key(s.seed) if key is None else key
-        return 0.001 * jax.random.normal(key, (h, w, 3), jnp.float32)  # neural-style: randn * 0.001
-    if s.init == "content":
-        src = content
-    elif s.init == "style":
-        src = images.resize(styles[0], (h, w))
-    else:
-        src = images.resize(images.load_image(s.init_image, label="init image"), (h, w))
-    return vgg.preprocess(jnp.asarray(src))
-
-
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
             overwrite: bool = False, callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
-            **overrides) -> Result:
+            hook: optim.Hook | None = None, **overrides) -> Result:
     """Stylizes one content image (or, without one, synthesizes a texture).
 
     Args:
@@ -177,6 +163,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         overwrite: replace existing files at the output (and snapshot) paths that nst_jax did not write.
         callback: called with each progress :class:`~nst_jax.optim.Record` (outside ``jit``).
         progress: show a progress bar (``tqdm.auto``: terminal or notebook).
+        hook: an in-step hook (:data:`nst_jax.optim.Hook`), applied inside the compiled step after each
+            update; None (default) leaves the step as it is.
 
     Returns:
         A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
@@ -191,7 +179,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             ``partial`` file (with ``output``) and ``array``.
     """
     s = make_settings(settings, **overrides)
-    inputs = _input_paths(content, style, s)
+    inputs = input_paths(content, style, s)
     out_path = None
     if s.save_every and output is None:
         raise SettingError("{save_every=} writes snapshots next to the output, but no output path is given: pass "
@@ -215,13 +203,11 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     history: list[optim.Record] = []
     snapshots: list[Path] = []
     bar = _progress_bar(sum(st.iterations for st in plan)) if progress else None
-    t_start = time.perf_counter()
 
-    def on_stop(state: optim.State, elapsed: float, *, offset: int, size: int, last: bool, t_stage: float) -> None:
-        it = offset + int(state.iteration)
-        rec = optim.Record.from_terms(it, jax.device_get(state.terms), t_stage - t_start + elapsed, size)
-        if not history or (history[-1].iteration, history[-1].size) != (it, size):
-            history.append(rec)
+    def on_stop(stop: Stop) -> None:
+        state, size = stop.state, stop.stage.size
+        it = stop.offset + int(state.iteration)
+        rec = add_record(history, it, jax.device_get(state.terms), stop.elapsed, size)
         if bar is not None:
             bar.update(it - bar.n)
             bar.set_postfix(loss=f"{rec.total:.4g}", content=f"{rec.content:.3g}", style=f"{rec.style:.3g}",
@@ -229,32 +215,31 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         if callback is not None:
             callback(rec)
         stage_it = int(state.iteration)
-        if (last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
+        if (stop.stage.last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
                 and stage_it < s.num_iterations):
             snap = snapshot_path(out_path, stage_it)
             snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
                                                metadata={"settings": s.to_dict(), "weights": used,
                                                          "iteration": stage_it}))
 
-    x, offset = None, 0
     latest: dict = {}  # a copy of the newest iterate, saved on an interrupt
+
+    def prepare(stage: Stage) -> StageInputs:
+        stage_content, stage_styles = stage.images(content_img, styles, s)
+        hw = stage.shape(stage_content, s)
+        targets = make_targets(objective, params,
+                               None if stage_content is None else vgg.preprocess(jnp.asarray(stage_content)),
+                               [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights,
+                               weights=s)
+        return StageInputs(targets, hw, lambda: initial_image(s, stage_content, stage_styles, shape_hw=hw))
+
+    def stepper(stage: Stage, targets, offset: int) -> optim.Stepper:
+        return _keeping_latest(optim.single_image_stepper(objective, spec, params, targets, s.loop, hook=hook),
+                               s.loop, latest, offset)
+
     try:
-        for stage in plan:
-            stage_content, stage_styles = stage.images(content_img, styles, s)
-            hw = canvas.shape(s, stage.size) if stage_content is None else stage_content.shape[:2]
-            targets = make_targets(objective, params,
-                                   None if stage_content is None else vgg.preprocess(jnp.asarray(stage_content)),
-                                   [vgg.preprocess(jnp.asarray(st)) for st in stage_styles], s.style_blend_weights,
-                                   weights=s)
-            x0 = initial_image(s, stage_content, stage_styles, shape_hw=hw) if x is None else upsample(x, hw)
-            stepper = _keeping_latest(optim.single_image_stepper(objective, spec, params, targets, s.loop),
-                                      s.loop, latest, offset)
-            n_iter = stage.iterations
-            state = optim.run(stepper, x0, n_iter, chunk_size=s.chunk_size,
-                              stops=optim.checkpoints(n_iter, s.print_every, s.save_every if stage.last else 0),
-                              on_stop=functools.partial(on_stop, offset=offset, size=stage.size, last=stage.last,
-                                                        t_stage=time.perf_counter()))
-            x, offset = state.x, offset + int(state.iteration)
+        state, _ = run_stages(plan, prepare, stepper, chunk_size=s.chunk_size, print_every=s.print_every,
+                              save_every=s.save_every, on_stop=on_stop, resize=upsample)
         result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots, weights=used)
         if out_path is not None:
             result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
@@ -263,7 +248,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         raise _save_partial(latest, content_img, s, out_path, inputs, overwrite,
                             {"settings": s.to_dict(), "weights": used}) from e
     except optim.NonFiniteLossError as e:
-        raise _nonfinite_error(e, offset, content_img, s, out_path, inputs, overwrite,
+        raise _nonfinite_error(e, content_img, s, out_path, inputs, overwrite,
                                {"settings": s.to_dict(), "weights": used}) from None
     finally:
         if bar is not None:
@@ -271,12 +256,12 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     return result
 
 
-def _nonfinite_error(e: optim.NonFiniteLossError, offset: int, content_img: np.ndarray, s: Settings,
-                     out_path: Path | None, inputs, overwrite: bool, metadata: dict) -> optim.NonFiniteLossError:
-    """``e`` as :func:`stylize` reports it: the iteration counted on across coarse-to-fine stages (``offset``:
-    iterations of the stages before), ``last_good`` the RGB output the last finite iterate would have given
-    (upsampled to full size if it is a coarse stage's), written with an output as :func:`partial_path` (under
-    the same rules as the output; if it cannot be written the error still carries it)."""
+def _nonfinite_error(e: optim.NonFiniteLossError, content_img: np.ndarray, s: Settings, out_path: Path | None,
+                     inputs, overwrite: bool, metadata: dict) -> optim.NonFiniteLossError:
+    """``e`` (its iteration counted on across coarse-to-fine stages, :func:`run_stages`) as :func:`stylize`
+    reports it: ``last_good`` the RGB output the last finite iterate would have given (upsampled to full size
+    if it is a coarse stage's), written with an output as :func:`partial_path` (under the same rules as the
+    output; if it cannot be written the error still carries it)."""
     last_good = None
     if e.last_good is not None:
         x = jnp.asarray(e.last_good)
@@ -286,7 +271,7 @@ def _nonfinite_error(e: optim.NonFiniteLossError, offset: int, content_img: np.n
         last_good = finish_image(x, content_img, s)
     partial = None
     if last_good is not None and out_path is not None:
-        it = offset + e.iteration - 1
+        it = e.iteration - 1
         try:
             partial = partial_path(out_path, it)
             images.check_overwrite(partial, inputs, overwrite=overwrite)
@@ -294,7 +279,7 @@ def _nonfinite_error(e: optim.NonFiniteLossError, offset: int, content_img: np.n
                                                             "nonfinite_at": it + 1})
         except images.ImageError:
             partial = None
-    return optim.NonFiniteLossError(offset + e.iteration, e.loss, last_good=last_good,
+    return optim.NonFiniteLossError(e.iteration, e.loss, last_good=last_good,
                                     last_good_loss=e.last_good_loss, label=e.label, partial=partial)
 
 
@@ -313,7 +298,7 @@ def _snapshot_iterations(s: Settings) -> range:
     return range(s.save_every, s.num_iterations, s.save_every) if s.save_every else range(0)
 
 
-def _input_paths(content, style, s: Settings) -> list[tuple[str, object]]:
+def input_paths(content, style, s: Settings) -> list[tuple[str, object]]:
     """``(label, source)`` of every image a stylization reads: an output must be none of them."""
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     found = [("content image", content)] if content is not None else []
@@ -362,59 +347,6 @@ def _save_partial(latest: dict, content_img: np.ndarray, s: Settings, out_path: 
     except images.ImageError as e:
         return Interrupted(array, iteration, reason=str(e))
     return Interrupted(array, iteration, path)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a stylization: the long side, its iterations, and whether it is the last (full size)."""
-
-    size: int
-    iterations: int
-    last: bool
-
-    def images(self, content_img: np.ndarray, styles: list[np.ndarray],
-               s: Settings) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The stage's content and style images: the full-size ones at the last stage, else resized."""
-        return (content_img, styles) if self.last else stage_images(content_img, styles, self.size, s)
-
-
-def coarse_to_fine(s: Settings) -> list[Stage]:
-    """The stages of a stylization (:func:`nst_jax.config.stages`): each stage after the first starts from
-    the previous one's result upsampled (:func:`upsample`); one stage without ``scales``."""
-    plan = stages(s)
-    return [Stage(size, n, k == len(plan) - 1) for k, (size, n) in enumerate(plan)]
-
-
-def stage_images(content_img: np.ndarray, styles: list[np.ndarray], size: int,
-                 s: Settings) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The content and style images of a coarse-to-fine stage of long side ``size``, resized from the
-    full-size ones (style images to ``size * style_scale``)."""
-    label = f"content image at coarse-to-fine scale {size}"
-    stage_content = None if content_img is None else images.resize_long_side(content_img, size, label=label)
-    style_size = max(1, int(size * s.style_scale))
-    stage_styles = [images.resize_long_side(st, style_size, label=f"style image at coarse-to-fine scale {size}")
-                    for st in styles]
-    return stage_content, stage_styles
-
-
-def upsample(x: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
-    """Bicubic resize of Caffe-space images ``(H, W, 3)`` or ``(N, H, W, 3)`` to ``size_hw``: a coarse stage's
-    result becomes the next stage's start."""
-    resize = functools.partial(_resize_hw, size_hw=tuple(size_hw))
-    return jax.vmap(resize)(x) if x.ndim == 4 else resize(x)
-
-
-@functools.partial(jax.jit, static_argnames="size_hw")
-def _resize_hw(x, size_hw):
-    return jax.image.resize(x, (*size_hw, x.shape[-1]), method="cubic")
-
-
-def finish_image(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarray:
-    """Caffe-space optimized image -> RGB [0, 1] float32 output (content colors restored if asked)."""
-    rgb = np.clip(np.asarray(vgg.deprocess(x), np.float32), 0.0, 1.0)
-    if s.original_colors:
-        rgb = images.original_colors(content_img, rgb)
-    return rgb
 
 
 def _progress_bar(total: int):

@@ -1,5 +1,8 @@
 """``nst-jax batch``: stylize a folder of images; argument parsing only.
 
+This module adds the ``batch`` subcommand to the ``nst-jax`` parser (:func:`add_parser`, called by
+:mod:`nst_jax.cli`); :func:`main` runs it alone, with the same flags.
+
 The work is :func:`nst_jax.batch.run_job` (this machine, all its devices) or
 :func:`nst_jax.ray_job.run_ray_job` (``--ray``: a Ray cluster). Every setting of
 ``nst-jax`` is a flag here too (generated from :class:`nst_jax.Settings`).
@@ -17,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax.cli import add_settings_arguments, error_message, report_created_directory, settings_from_args
+from nst_jax.flags import add_settings_arguments, error_message, report_created_directory, settings_from_args
 
 EXAMPLES = """\
 examples:
@@ -60,10 +63,28 @@ def _output_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+DESCRIPTION = "Stylize many images with one style (or a blend) in compiled batches."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nst-jax batch", description="Stylize many images with one style (or a blend) in compiled batches.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The parser of ``nst-jax batch`` on its own (:func:`main`)."""
+    parser = argparse.ArgumentParser(prog="nst-jax batch", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``batch`` subcommand to the ``nst-jax`` parser's subparsers."""
+    parser = subparsers.add_parser("batch", help=DESCRIPTION, description=DESCRIPTION, epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``nst-jax batch``; ``parser``'s ``run`` default becomes :func:`run`."""
+    parser.set_defaults(run=run)
     parser.add_argument("--style", required=True, action="append",
                         help="Style image (path); repeat to blend several (see --style-blend-weights).")
     parser.add_argument("--inputs", required=True,
@@ -93,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-batch-size", type=_positive_int,
                      help="Images per Ray batch sent to an actor (default: --batch-size or 8).")
     add_settings_arguments(parser)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``nst-jax batch``; returns the exit code."""
+    """Runs ``nst-jax batch`` with ``argv`` (the flags after ``batch``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    return run(parser, parser.parse_args(argv))
+
+
+def run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    """Runs a parsed ``nst-jax batch`` command; returns the exit code."""
     ray_flags = {"ray_actors", "ray_gpus_per_actor", "ray_batch_size"}
     if ns.ray is None and any(getattr(ns, f) is not None for f in ray_flags):
         parser.error("--ray-actors, --ray-gpus-per-actor and --ray-batch-size need --ray")

@@ -1,107 +1,114 @@
-"""Command line: argument parsing only; the work is done by the library.
+"""Command line: one parser with subcommands; argument parsing only, the work is done by the library.
 
-The flags are generated from :class:`nst_jax.config.Settings`, so every
-setting is a flag with the same default and help text.
+``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
+:mod:`nst_jax.batch_cli` adds that subcommand) and ``nst-jax sweep`` (a grid of loss weights). The settings
+flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
+flag with the same default and help text.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import os
+import re
 import signal
 import sys
-import threading
-import types
-import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax.config import SettingError, Settings
+from nst_jax import batch_cli, canvas
+from nst_jax.config import Settings
+from nst_jax.flags import (add_settings_arguments, error_message, fail, report_created_directory,
+                           settings_from_args, show_warning, sigterm_as_interrupt)
+from nst_jax.flags import flag as _flag
 
-_TUPLE_OF_STR = {"content_layers", "style_layers"}
+COMMANDS = ("stylize", "batch", "sweep")
+SWEEPABLE = ("content_weight", "style_weight", "tv_weight")  # nst_jax.sweep.SWEEPABLE (not imported: fast --help)
 
+STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
+EXAMPLES = """\
+examples:
+  nst-jax --content photo.jpg --style painting.jpg --output out.png
+  nst-jax --style painting.jpg --content-weight 0 --size 384x512 --output texture.png
+  nst-jax batch --style painting.jpg --inputs photos/ --output-dir out/
+  nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 1000 --output grid.png
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
+"""
+SWEEP_DESCRIPTION = ("Stylize one image with every combination of the given --content-weight, --style-weight "
+                     "and --tv-weight values in one compiled batch; writes a labelled grid and the final losses "
+                     "of every cell as <output stem>.json.")
+SWEEP_EXAMPLES = """\
+examples:
+  nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 1000 --output grid.png
+  nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 --tv-weight 0 0.001 --output grid.png
 
-
-def error_message(error: BaseException) -> str:
-    """An error's message in the command line's terms: settings are named by their flags."""
-    if isinstance(error, SettingError):
-        return error.render(_flag)
-    return str(error)
-
-
-def _strip_optional(tp):
-    """``X | None`` -> ``X``."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None))
-    return tp
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per :class:`Settings` field (defaults and help from the dataclass)."""
-    hints = typing.get_type_hints(Settings)
-    group = parser.add_argument_group("settings (see nst_jax.Settings)")
-    for f in dataclasses.fields(Settings):
-        tp = _strip_optional(hints[f.name])
-        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        default = f.default
-        kw["help"] += f" (default: {_show(default)})"
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif origin is typing.Literal:
-            kw["choices"] = list(typing.get_args(tp))
-        elif origin is tuple:
-            inner = typing.get_args(tp)[0]
-            kw["nargs"] = "+"
-            kw["type"] = inner
-            kw["metavar"] = "LAYER" if f.name in _TUPLE_OF_STR else ("PX" if inner is int else "W")
-        elif tp in (int, float, str):
-            kw["type"] = tp
-        else:  # pragma: no cover - a new field type must be handled here
-            raise TypeError(f"no CLI mapping for setting {f.name}: {tp}")
-        group.add_argument(_flag(f.name), **kw)
+One swept weight gives a row of cells, two give rows x columns (the first swept flag, in the order
+content, style, tv, runs down the rows). Every other flag applies to all cells.
+"""
 
 
-def _show(v):
-    if isinstance(v, tuple):
-        return ",".join(map(str, v))
-    return v
+def _size(text: str) -> tuple[int, int]:
+    """``--size HxW`` -> ``(h, w)``."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"must be HxW (height x width in pixels, e.g. 384x512), got {text!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if max(h, w) < 32 or min(h, w) < canvas.MIN_SIDE:
+        raise argparse.ArgumentTypeError(f"the long side must be at least 32 px and the short side at least "
+                                         f"{canvas.MIN_SIDE} px, got {text!r}")
+    return h, w
 
 
-def settings_from_args(ns: argparse.Namespace) -> Settings:
-    """Builds validated :class:`Settings` from parsed flags (unset flags keep their defaults)."""
-    names = {f.name for f in dataclasses.fields(Settings)}
-    given = {k: v for k, v in vars(ns).items() if k in names}
-    for k in _TUPLE_OF_STR & given.keys():
-        given[k] = tuple(part for item in given[k] for part in item.split(",") if part.strip())
-    for k, v in list(given.items()):
-        if isinstance(v, list):
-            given[k] = tuple(v)
-    return Settings(**given)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nst-jax",
-        description="Neural style transfer in JAX. Example: nst-jax --content photo.jpg --style painting.jpg "
-                    "--output out.png",
-    )
-    parser.add_argument("--content", required=True, help="Content image (path).")
-    parser.add_argument("--style", required=True, action="append",
-                        help="Style image (path); repeat for several styles (see --style-blend-weights).")
-    parser.add_argument("--output", required=True, help="Output image path (.png recommended: holds the settings).")
+def _add_stylize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(run=_run)
+    parser.add_argument("--content", help="Content image (path). Optional with --content-weight 0: texture "
+                                          "synthesis on a canvas of --image-size by --aspect, or --size.")
+    parser.add_argument("--style", action="append",
+                        help="Style image (path); repeat for several styles (see --style-blend-weights). Optional "
+                             "with --style-weight 0 (the content image reconstructed from its activations).")
+    parser.add_argument("--output", help="Output image path, required (.png recommended: holds the settings).")
+    parser.add_argument("--size", type=_size, metavar="HxW",
+                        help="Without --content: the canvas, height x width in pixels (sets --image-size to the "
+                             "long side and --aspect to width / height).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing output (or snapshot) file that nst-jax did not write (default: "
                              "refuse; previous nst-jax outputs are always replaced, inputs never).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_settings_arguments(parser)
+
+
+def _add_sweep_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="A grid of loss weights on one image.",
+                                   description=SWEEP_DESCRIPTION, epilog=SWEEP_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_sweep)
+    parser.add_argument("--content", required=True, help="Content image (path).")
+    parser.add_argument("--style", required=True, action="append",
+                        help="Style image (path); repeat for several styles (see --style-blend-weights).")
+    parser.add_argument("--output", required=True,
+                        help="The grid image (.png recommended); the losses go to <stem>.json next to it.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing grid or losses file that nst-jax did not write (default: refuse; "
+                             "previous nst-jax outputs are always replaced, inputs never).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_settings_arguments(parser, several=SWEEPABLE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
+    subcommands ``stylize``, ``batch`` and ``sweep``."""
+    parser = argparse.ArgumentParser(
+        prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_stylize_arguments(parser)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
+                                     help="stylize (the default), batch or sweep; see nst-jax COMMAND --help")
+    stylize = commands.add_parser("stylize", help=STYLIZE_DESCRIPTION, description=STYLIZE_DESCRIPTION,
+                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_stylize_arguments(stylize)
+    batch_cli.add_parser(commands)
+    _add_sweep_parser(commands)
     return parser
 
 
@@ -109,51 +116,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nst-jax`` and ``python -m nst_jax``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():  # restores warnings.showwarning afterwards
-        warnings.showwarning = _show_warning
-        if argv and argv[0] == "batch":
-            from nst_jax import batch_cli
-
-            return batch_cli.main(argv[1:])
+        warnings.showwarning = show_warning
         parser = build_parser()
         ns = parser.parse_args(argv)
-        return _run(parser, ns)
+        if ns.command is not None and argv[0] != ns.command:
+            fail(parser, f"put the command first: nst-jax {ns.command} ... (flags before it are not "
+                         f"{ns.command}'s)")
+        sub = parser if ns.command is None else _subparser(parser, ns.command)
+        return ns.run(sub, ns)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (e.g. an animated GIF of which only the first frame is used) as one line on stderr, like the
-    errors, instead of Python's ``file:line: Category: ...`` followed by a line of source."""
-    print(f"nst-jax: warning: {message}", file=file or sys.stderr)
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt(received: list[int]):
-    """Turns SIGTERM into ``KeyboardInterrupt`` (appending it to ``received``), so that ``kill`` takes the same
-    path as Ctrl-C: the library saves the latest image. A no-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def report_created_directory(path: Path):
-    """Prints ``created directory <path>/`` if ``path`` did not exist before the block and does after it
-    (outputs create only the last level of a missing directory; a typo should not go unnoticed)."""
-    existed = path.exists()
-    try:
-        yield
-    finally:
-        if not existed and path.is_dir():
-            print(f"created directory {os.path.join(path, '')}")
+def _canvas_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace, s: Settings) -> Settings:
+    """``--size HxW`` as ``image_size`` (the long side) and ``aspect`` (width / height)."""
+    if ns.size is None:
+        return s
+    if ns.content is not None:
+        fail(parser, "--size sets the canvas of a texture (no --content); with --content the content image's "
+                     "shape is used: leave --size out (--image-size sets the long side).")
+    given = [f for f in ("image_size", "aspect") if f in vars(ns)]
+    if given:
+        fail(parser, f"--size replaces {' and '.join(map(_flag, given))}: give --size or "
+                     f"{' and '.join(map(_flag, given))}, not both.")
+    h, w = ns.size
+    aspect = w / h
+    s = s.replace(image_size=max(h, w), aspect=aspect)
+    if canvas.shape(s) != (h, w):  # the short side is truncated: aim at its middle so that it comes out exact
+        s = s.replace(aspect=w / (h + 0.5) if w > h else (w + 0.5) / h)
+    return s
 
 
 def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
@@ -161,13 +155,23 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from nst_jax.weights import WeightsError
 
     received: list[int] = []
+    if ns.output is None:
+        fail(parser, "--output is required: the path of the image to write (e.g. --output out.png).")
     try:
-        settings = settings_from_args(ns)
+        settings = _canvas_settings(parser, ns, settings_from_args(ns))
+        if ns.content is None and settings.content_weight:
+            fail(parser, f"--content is missing: pass --content IMAGE, or --content-weight 0 to synthesize a "
+                         f"texture (canvas: --image-size by --aspect, or --size HxW); got --content-weight "
+                         f"{settings.content_weight:g}.")
+        if ns.style is None and settings.style_weight:
+            fail(parser, f"--style is missing: pass --style IMAGE, or --style-weight 0 to reconstruct the content "
+                         f"image from its activations; got --style-weight {settings.style_weight:g}.")
+        canvas.check_inputs(settings, ns.content, ns.style)
         with sigterm_as_interrupt(received), report_created_directory(Path(ns.output).expanduser().parent):
             result = api.stylize(ns.content, ns.style, settings, output=ns.output, overwrite=ns.overwrite,
                                  progress=not ns.quiet)
     except (ValueError, TypeError, WeightsError, optim.NonFiniteLossError) as e:
-        parser.exit(2, f"nst-jax: error: {error_message(e)}\n")
+        fail(parser, error_message(e))
     except KeyboardInterrupt as e:  # exit code 128 + signal number, as a shell reports a killed program
         code = 128 + int(received[-1] if received else signal.SIGINT)
         if isinstance(e, api.Interrupted):
@@ -178,6 +182,32 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
           f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     for snap in result.snapshots:
         print(f"snapshot {snap}")
+    return 0
+
+
+def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    from nst_jax import optim, sweep  # heavy imports after argument parsing (fast --help)
+    from nst_jax.weights import WeightsError
+
+    axes = {name: vars(ns)[name] for name in SWEEPABLE if name in vars(ns)}
+    if not axes:
+        fail(parser, "give the values to sweep: one or more of --content-weight, --style-weight, --tv-weight, "
+                     "each with one or more numbers (e.g. --style-weight 10 100 1000).")
+    received: list[int] = []
+    try:
+        settings = settings_from_args(ns, exclude=SWEEPABLE)
+        with sigterm_as_interrupt(received), report_created_directory(Path(ns.output).expanduser().parent):
+            result = sweep.stylize_sweep(ns.content, ns.style, axes, settings, output=ns.output,
+                                         overwrite=ns.overwrite, progress=not ns.quiet)
+    except (ValueError, TypeError, WeightsError, optim.NonFiniteLossError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(received[-1] if received else signal.SIGINT),
+                    f"{parser.prog}: interrupted; no output was written.\n")
+    print(f"wrote {result.output} ({result.rows}x{result.cols} cells) and {result.json_path}")
+    for weights, r in zip(result.cells, result.results):
+        last = r.history[-1]
+        print(f"  {', '.join(sweep.label(weights))}: loss {last.total:.6g} ({last.iteration} iterations)")
     return 0
 
 

@@ -86,8 +86,8 @@ class Settings:
     conv_algorithm: Literal["auto", "direct", "winograd"] = _opt(
         "auto", "3x3 convolutions: 'direct' (XLA's, bit-faithful to Keras), 'winograd' (F(2x2,3x3) for the layers "
                 "with >= 256 input channels, kernel transforms computed once: 2.25x fewer multiply-adds, agrees to "
-                "~1e-6; measured 0.72-0.74x the time of value+grad on a 2-core AVX2 CPU, see BENCHMARKS.md), "
-                "'auto' = winograd on CPU, direct on GPU/TPU.")
+                "~1e-6; faster on CPUs, more memory, see BENCHMARKS.md), 'auto' = winograd on CPU, direct on "
+                "GPU/TPU.")
     dtype: Literal["float32", "bfloat16"] = _opt(
         "float32", "Compute dtype of VGG-19: 'bfloat16' halves activation memory and is faster where the hardware "
                    "has bf16 units (GPUs, TPUs); Gram matrices, losses and the optimizer stay float32.")

@@ -4,14 +4,13 @@ Winograd (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 201
 2x2 output tile from a 4x4 input tile with 16 element-wise products in a transformed domain instead
 of 36: over a layer, 16 batched ``(tiles, C_in) @ (C_in, C_out)`` matrix products replace the 9
 taps of the direct convolution, 2.25x fewer multiply-adds. The transforms around them are additions
-(memory-bound), so it can only pay where the channel counts are large. On XLA:CPU (2-core AVX2
-machine, see BENCHMARKS.md) single layers with 256 and 512 input channels ran 1.2-2x faster
-forward+backward than ``lax.conv_general_dilated``, and slower with 64 and 128. The kernel transforms
-are the same in every evaluation of a stylization, so they are computed once per set of weights
-(:func:`winograd_kernels`, :func:`nst_jax.vgg.prepare_params`); computed inside every evaluation they
-cost more than Winograd saves (value+grad at 256 px: 0.61 s against 0.58 s direct, 0.41 s precomputed).
-With them precomputed it is the default on CPU (``Settings.conv_algorithm="auto"``, see
-:func:`resolve_algorithm`); GPU/TPU libraries pick their own algorithm, so there the default is direct.
+(memory-bound), so it can only pay where the channel counts are large: on XLA:CPU it is faster than
+``lax.conv_general_dilated`` forward+backward for layers with 256 and 512 input channels and slower with
+64 and 128 (measured, see BENCHMARKS.md), hence :data:`WINOGRAD_MIN_CHANNELS`. The kernel transforms are
+the same in every evaluation of a stylization, so they are computed once per set of weights
+(:func:`winograd_kernels`, :func:`nst_jax.vgg.prepare_params`); computed inside every evaluation they cost
+more than Winograd saves. With them precomputed it is the default on CPU (``Settings.conv_algorithm="auto"``,
+see :func:`resolve_algorithm`); GPU/TPU libraries pick their own algorithm, so there the default is direct.
 
 The backward pass (a ``custom_vjp``) is Winograd as well: the input gradient of a 3x3 "valid"
 convolution is the "full" convolution of the output gradient with the flipped, transposed kernel.
@@ -19,6 +18,15 @@ The kernel gradient, which style transfer never asks for, is the direct convolut
 
 Accuracy: in float32 the results differ from the direct convolution by about 1e-6 of the output's
 magnitude (the transforms only add and halve), which is the order of float32 reassociation.
+
+Batch invariance: an image's convolutions give the same bits whatever other images share its batch. On
+their own they would not: under ``jax.vmap`` (kernel unbatched) the 16 products become
+``(16, B*tiles, C_in) @ (16, C_in, C_out)``, the batch folded into the rows, and XLA:CPU's GEMM blocks and
+sums differently for different ``B`` (the rows of one image then differ in their last bits from its own
+``(16, tiles, C_in)`` product); vmapped reductions (the losses, L-BFGS's dot products) depend on the batch
+size in the same way. Folding is what accelerators want (larger GEMMs), so it is kept here; the CPU batch
+engine instead runs every image with the single-image program (:func:`nst_jax.batch._per_image`), so that
+each image's products have its own shape, the one ``nst_jax.stylize`` uses (tests/test_batch_invariance.py).
 """
 
 from __future__ import annotations
@@ -32,10 +40,9 @@ import numpy as np
 
 
 def resolve_algorithm(algorithm: str) -> str:
-    """``"auto"`` -> the algorithm that measured fastest on the default backend: ``"winograd"`` on CPU (with the
-    kernel transforms precomputed, value+grad 0.72x the direct convolution's time at 256 px and 0.74x at
-    512 px on a 2-core AVX2 CPU, see BENCHMARKS.md), ``"direct"`` on GPUs/TPUs (their libraries choose their
-    own convolution algorithms). Other values are returned as they are."""
+    """``"auto"`` -> the algorithm that measured fastest on the default backend (see BENCHMARKS.md):
+    ``"winograd"`` on CPU (with the kernel transforms precomputed), ``"direct"`` on GPUs/TPUs (their libraries
+    choose their own convolution algorithms). Other values are returned as they are."""
     if algorithm != "auto":
         return algorithm
     return "winograd" if jax.default_backend() == "cpu" else "direct"

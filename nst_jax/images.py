@@ -804,7 +804,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         )
     _check_missing_depth(path.parent)
     try:
-        fd, probe = _create_temp(directory / path.name)
+        fd, probe = create_temp(directory / path.name)
         os.close(fd)
         probe.unlink()
     except OSError as e:
@@ -901,7 +901,7 @@ def _format_for(path: Path) -> str:
 
 def _metadata_options(fmt: str, metadata: dict | None) -> dict:
     """Pillow save() keyword arguments that embed our metadata and name."""
-    software = _software_name()
+    software = software_name()
     text = None if metadata is None else json.dumps(metadata, sort_keys=True, default=str)
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
@@ -916,7 +916,7 @@ def _metadata_options(fmt: str, metadata: dict | None) -> dict:
     return {"exif": exif}
 
 
-def _software_name() -> str:
+def software_name() -> str:
     from nst_jax import __version__  # deferred: the package imports this module
 
     return f"{METADATA_KEY} {__version__}"
@@ -969,7 +969,7 @@ def _make_parent_dir(path: Path) -> None:
         ) from e
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
+def create_temp(path: Path) -> tuple[int, Path]:
     """Creates ``.<name>.<random>.tmp`` next to ``path``; returns (fd, temp path).
 
     Unlike tempfile.NamedTemporaryFile (mode 0600), the file gets the usual
@@ -988,7 +988,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Writes via ``write(file)`` to a temp file, fsyncs it, renames it to ``path``."""
     try:
-        fd, temp = _create_temp(path)
+        fd, temp = create_temp(path)
     except PermissionError as e:
         raise ImageError(
             f"output directory '{path.parent}' is not writable; choose another output "

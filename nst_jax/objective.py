@@ -198,8 +198,7 @@ class Objective:
             value = jnp.zeros((), x.dtype)
             for i, layer in enumerate(t.layers):
                 per_layer = t.spec.loss(feats[layer], target.get(layer), t.opts)
-                # Stored before it is summed, so that every program adds the same numbers (batch invariance).
-                value = value + _stored(weight[i].astype(per_layer.dtype) * per_layer)
+                value = value + weight[i].astype(per_layer.dtype) * per_layer
             named[t.name] = value
         values = list(named.values())
         total = functools.reduce(jnp.add, values[1:], values[0]) if values else jnp.zeros((), x.dtype)
@@ -212,24 +211,6 @@ class Objective:
             return t.total, t
         (_, named), g = jax.value_and_grad(total, has_aux=True)(x)
         return named, g
-
-
-@jax.custom_jvp
-def _stored(value: jax.Array) -> jax.Array:
-    """``value`` itself, computed by an operation that XLA neither fuses nor copies into its consumers.
-
-    Why: XLA:CPU copies cheap scalar arithmetic into each consumer, and LLVM may contract a multiplication
-    (a layer's loss times its weight) with the addition that sums it into one fused multiply-add, rounded
-    once. Which copies exist, and so which products are contracted, depends on XLA's fusion decisions, which
-    differ between one image and a batch: the terms and their total would differ in their last bits, and
-    neural-style's L-BFGS amplifies that. A sort is never fused, so every program rounds each weighted
-    value to its dtype and then only adds. (``jax.lax.optimization_barrier`` would not do: XLA:CPU removes
-    it before fusion.)
-    """
-    return jax.lax.sort(jnp.stack([value, value]))[0]
-
-
-_stored.defjvp(lambda primals, tangents: (_stored(primals[0]), tangents[0]))
 
 
 def _network_layers(layers) -> tuple[str, ...]:

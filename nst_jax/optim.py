@@ -97,6 +97,13 @@ class State(NamedTuple):
     nonfinite: jax.Array
 
 
+#: An in-step hook: ``hook(state) -> state``, applied inside the compiled step after each update (e.g. to
+#: change the image or the optimizer state when an image stalls). It is static (part of the compiled
+#: structure: pass the same function object to reuse the compiled step) and pure; written for one image, it
+#: is vmapped over a batch, so it must decide per image with selects (``jnp.where``), never Python ``if``.
+Hook = Callable[[State], State]
+
+
 class NeuralStyleLBFGSState(NamedTuple):
     """State of :func:`scale_by_lbfgs_neural_style`. The memory is a ring buffer of ``memory_size`` pairs."""
 
@@ -328,12 +335,19 @@ def _converged(spec: SolverSpec, value, prev_value, grad):
     return small_grad | small_change
 
 
-def step(objective: Objective, spec: SolverSpec, params, state: State, targets) -> State:
+def step(objective: Objective, spec: SolverSpec, params, state: State, targets,
+         hook: Hook | None = None) -> State:
     """One optimizer iteration of one image (pure; vmap-able). A finished image is returned unchanged.
 
     An iteration whose loss is NaN/inf is not taken: the image keeps its last finite ``x``, ``terms``,
     ``grad`` and ``iteration``, is marked done, and ``nonfinite`` records the iteration. So the last good
     image and the exact iteration survive whatever the loop form (a compiled chunk included).
+
+    ``hook``, if given, maps the new state to the one kept (see :data:`Hook`): it runs inside the compiled
+    step, after the update and the non-finite roll-back, before a finished image is restored (so a
+    finished image stays as it was; only neural-style L-BFGS's self-freezing history is not restored, a
+    hook must leave it alone for finished images). Without a hook the step is unchanged (no extra
+    operations).
     """
     # scale_by_lbfgs_neural_style freezes itself when told (see the end of this function).
     frozen = {"frozen": state.done} if spec.optimizer == "lbfgs" and spec.linesearch == "none" else {}
@@ -364,6 +378,8 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets) 
     new = State(back(state.x, x), opt_state, back(state.terms, terms), back(state.grad, grad),
                 jnp.where(finite, state.iteration + 1, state.iteration), done,
                 jnp.where(finite, state.nonfinite, state.iteration + 1))
+    if hook is not None:  # static: without a hook, not a single operation more
+        new = hook(new)
     # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select
     # of its whole history buffers here would make XLA keep a second copy of them.
     self_frozen = lambda n: bool(frozen) and isinstance(n, NeuralStyleLBFGSState)  # noqa: E731
@@ -375,9 +391,10 @@ def _keep_if(done, old, new):
     return jax.tree.map(lambda o, n: jnp.where(done, o, n), old, new)
 
 
-def steps(objective: Objective, spec: SolverSpec, params, state: State, targets, n) -> State:
-    """``n`` iterations (``n`` may be traced) as one ``fori_loop``."""
-    return jax.lax.fori_loop(0, n, lambda _, s: step(objective, spec, params, s, targets), state)
+def steps(objective: Objective, spec: SolverSpec, params, state: State, targets, n,
+          hook: Hook | None = None) -> State:
+    """``n`` iterations (``n`` may be traced) as one ``fori_loop``; ``hook`` as for :func:`step`."""
+    return jax.lax.fori_loop(0, n, lambda _, s: step(objective, spec, params, s, targets, hook), state)
 
 
 def default_loop() -> str:
@@ -390,14 +407,14 @@ def _init_jit(objective, spec, params, x0, targets):
     return init(objective, spec, params, x0, targets)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-def _step_jit(objective, spec, params, state, targets):
-    return step(objective, spec, params, state, targets)
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="hook", donate_argnums=(3,))
+def _step_jit(objective, spec, params, state, targets, hook=None):
+    return step(objective, spec, params, state, targets, hook)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
-def _steps_jit(objective, spec, params, state, targets, n):
-    return steps(objective, spec, params, state, targets, n)
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="hook", donate_argnums=(3,))
+def _steps_jit(objective, spec, params, state, targets, n, hook=None):
+    return steps(objective, spec, params, state, targets, n, hook)
 
 
 class Stepper(NamedTuple):
@@ -407,17 +424,19 @@ class Stepper(NamedTuple):
     advance: Callable[[State, int], State]
 
 
-def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets, loop: str = "auto") -> Stepper:
-    """Compiled ``init``/``advance`` for one image with the chosen loop form."""
+def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets, loop: str = "auto",
+                         hook: Hook | None = None) -> Stepper:
+    """Compiled ``init``/``advance`` for one image with the chosen loop form; ``hook``: see :func:`step`."""
     loop = default_loop() if loop == "auto" else loop
     params = objective.prepare(params)  # once, not in every iteration
+    with_hook = {} if hook is None else {"hook": hook}  # no hook: the very program (and cache entry) as before
 
     def advance(state, n):
         if loop == "step":
             for _ in range(n):
-                state = _step_jit(objective, spec, params, state, targets)
+                state = _step_jit(objective, spec, params, state, targets, **with_hook)
             return state
-        return _steps_jit(objective, spec, params, state, targets, jnp.asarray(n, jnp.int32))
+        return _steps_jit(objective, spec, params, state, targets, jnp.asarray(n, jnp.int32), **with_hook)
 
     return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets), advance)
 

@@ -1,6 +1,6 @@
 """Batch jobs across the hosts of a Ray cluster (optional: ``pip install 'nst-jax[ray]'``).
 
-The same job as :func:`nst_jax.batch.run_job`, spread over a pool of Ray actors with Ray Data::
+The same job as :func:`nst_jax.job.run_job`, spread over a pool of Ray actors with Ray Data::
 
     ray.data.from_items([{"index": i, "path": p}, ...])
         .map_batches(StylizeActor, compute=ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
@@ -32,13 +32,11 @@ from __future__ import annotations
 import math
 import os
 import platform
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from nst_jax import api, batch, images
+from nst_jax import api, batch, images, job, jobfiles
 from nst_jax.config import Settings
 
 __all__ = ["StylizeActor", "run_ray_job"]
@@ -62,14 +60,14 @@ class StylizeActor:
     Args:
         style: style image arrays (loaded on the driver; several are blended).
         settings: the :class:`Settings`.
-        output_dir, suffix, overwrite: as for :func:`nst_jax.batch.run_job`.
+        output_dir, suffix, overwrite: as for :func:`nst_jax.job.run_job`.
         batch_size, output_size: as for :func:`nst_jax.batch.stylize_batch`.
     """
 
     def __init__(self, style, settings: Settings, output_dir: str, suffix: str = ".png", batch_size: int | None = None,
                  output_size=None, overwrite: bool = False):
         stylizer = batch.BatchStylizer(style, settings, batch_size=batch_size, output_size=output_size)
-        self.job = batch.BatchJob(stylizer, output_dir, suffix=suffix, overwrite=overwrite)
+        self.job = job.BatchJob(stylizer, output_dir, suffix=suffix, overwrite=overwrite)
         self.worker = f"{platform.node()}:{os.getpid()}"
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,9 +86,9 @@ class StylizeActor:
         }
 
 
-def _row_status(row: dict) -> batch.ImageStatus:
+def _row_status(row: dict) -> jobfiles.ImageStatus:
     loss, seconds, its = float(row["loss"]), float(row["seconds"]), int(row["iterations"])
-    return batch.ImageStatus(
+    return jobfiles.ImageStatus(
         input=str(row["input"]), output=str(row["output"]) or None, status=str(row["status"]),
         error=str(row["error"]) or None, loss=None if math.isnan(loss) else loss,
         iterations=None if its < 0 else its, seconds=None if math.isnan(seconds) else seconds,
@@ -105,12 +103,12 @@ def run_ray_job(inputs, style, output_dir, settings: Settings | None = None, *, 
                 num_actors: int | None = None, num_cpus_per_actor: float = 1, num_gpus_per_actor: float | None = None,
                 batch_size: int | None = None, ray_batch_size: int | None = None, output_size=None,
                 suffix: str = ".png", overwrite: bool = False, progress: bool = True,
-                init_kwargs: dict | None = None, callback: Callable[[batch.ImageStatus], None] | None = None,
-                **overrides) -> batch.JobSummary:
+                init_kwargs: dict | None = None, callback: Callable[[jobfiles.ImageStatus], None] | None = None,
+                **overrides) -> jobfiles.JobSummary:
     """Stylizes a folder (glob, manifest, list) of images on a Ray cluster; resumable, like ``run_job``.
 
     Args:
-        inputs, style, output_dir, settings, overrides: as for :func:`nst_jax.batch.run_job`.
+        inputs, style, output_dir, settings, overrides: as for :func:`nst_jax.job.run_job`.
         address: the Ray cluster (``ray.init(address)``: "auto", "ray://host:10001", ...); None connects to
             ``$RAY_ADDRESS`` or starts a local cluster. If Ray is already initialized it is used as it is.
         num_actors: actors in the pool; default one per GPU of the cluster, or 1 without GPUs.
@@ -123,87 +121,62 @@ def run_ray_job(inputs, style, output_dir, settings: Settings | None = None, *, 
         init_kwargs: extra ``ray.init`` arguments when this call starts Ray (e.g. ``num_cpus``).
 
     Returns:
-        The :class:`~nst_jax.batch.JobSummary` (also written to ``<output_dir>/nst_jax_summary.json``).
+        The :class:`~nst_jax.jobfiles.JobSummary` (also written to ``<output_dir>/nst_jax_summary.json``).
 
     Raises:
         ImportError: Ray Data is not installed.
         ValueError / images.ImageError: bad settings, style, inputs or output directory (before any work).
         KeyboardInterrupt: after writing the summary of what finished.
     """
-    s = api.make_settings(settings, **overrides)
-    batch.check_job_settings(s)
-    out_size = batch.parse_output_size(output_size)
-    if out_size is not None:
-        s = s.replace(image_size=max(out_size))
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    s, out_size = batch.batch_settings(settings, output_size=output_size, batch_size=batch_size, **overrides)
+    job.check_job_settings(s)
     ray_batch_size = ray_batch_size or batch_size or DEFAULT_RAY_BATCH
-    paths = batch.resolve_inputs(inputs)
-    output_dir = Path(output_dir).expanduser().absolute()
-    suffix = batch._check_suffix(suffix)
-    images.check_output_path(output_dir / f"probe{suffix}")
+    paths, output_dir, suffix = job.job_folder(inputs, output_dir, suffix, absolute=True)  # actors may be elsewhere
     style_list = list(style) if isinstance(style, (list, tuple)) else [style]
     # Read (and check) the styles here: the actors get arrays, so only inputs/outputs need a shared filesystem.
     style_arrays = [images.load_image(st, label="style image" if len(style_list) == 1 else f"style image {i}")
                     for i, st in enumerate(style_list, start=1)]
     api.prepare_styles(style_arrays, s)  # validates the blend weights before starting anything
 
-    planner = batch.BatchJob(None, output_dir, suffix=suffix, overwrite=overwrite)
-    summary = batch.JobSummary(output_dir, [batch.ImageStatus(str(p), str(planner.output_path(p))) for p in paths],
-                               inputs=str(inputs) if isinstance(inputs, (str, os.PathLike)) else "",
-                               styles=batch._style_names(style), settings=s.to_dict(), runner="ray",
-                               weights=api.weights_used(s.weights))  # what the actors load: same spec, shared files
-    todo = batch.plan_job(planner, paths, summary)
-    t0 = time.perf_counter()
+    planner = job.BatchJob(None, output_dir, suffix=suffix, overwrite=overwrite)
+    # The weights the actors load: the same spec, on shared files.
+    summary, todo = job.plan_summary(planner, paths, inputs, style, s, api.weights_used(s.weights), runner="ray")
     ray = _import_ray()
     started = False
-    bar = batch._images_bar(len(paths), initial=len(paths) - len(todo)) if progress else None
-    try:
-        summary.write()
-        if todo:
-            if not ray.is_initialized():
-                ray.init(address=address, **(init_kwargs or {}))
-                started = True
-            gpus = _cluster_gpus(ray)
-            if num_gpus_per_actor is None:
-                num_gpus_per_actor = 1 if gpus else 0
-            if num_actors is None:
-                num_actors = max(1, int(gpus // num_gpus_per_actor)) if num_gpus_per_actor else 1
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            # One block per Ray batch, so that every actor of the pool gets work; no more actors than batches.
-            blocks = -(-len(todo) // ray_batch_size)
-            num_actors = min(num_actors, blocks)
-            ds = ray.data.from_items([{"index": k, "path": str(paths[k].absolute())} for k in todo],
-                                     override_num_blocks=blocks)
-            ds = ds.map_batches(
-                StylizeActor,
-                fn_constructor_kwargs=dict(style=style_arrays, settings=s, output_dir=str(output_dir), suffix=suffix,
-                                           batch_size=batch_size, output_size=out_size, overwrite=overwrite),
-                batch_size=ray_batch_size, batch_format="numpy",
-                # A fixed pool; one Ray batch per actor at a time, so that batches spread over all actors
-                # (a batch is seconds to minutes of work: queueing more per actor only unbalances the end).
-                compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
-                num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor)
-            for row in ds.iter_rows():
-                k = int(row["index"])
-                status = _row_status(row)
-                status.input = str(paths[k])  # as the user named it
-                summary.rows[k] = status
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(failed=summary.count("failed"), refresh=False)
-                if callback is not None:
-                    callback(status)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        summary.seconds = time.perf_counter() - t0
-        summary.finished = batch._now()
-        summary.write()
-        if started:
-            ray.shutdown()
+    with job.JobRun(summary, todo, progress=progress, callback=callback) as run:
+        try:
+            if todo:
+                if not ray.is_initialized():
+                    ray.init(address=address, **(init_kwargs or {}))
+                    started = True
+                gpus = _cluster_gpus(ray)
+                if num_gpus_per_actor is None:
+                    num_gpus_per_actor = 1 if gpus else 0
+                if num_actors is None:
+                    num_actors = max(1, int(gpus // num_gpus_per_actor)) if num_gpus_per_actor else 1
+                ray.data.DataContext.get_current().enable_progress_bars = False
+                # One block per Ray batch, so that every actor of the pool gets work; no more actors than batches.
+                blocks = -(-len(todo) // ray_batch_size)
+                num_actors = min(num_actors, blocks)
+                ds = ray.data.from_items([{"index": k, "path": str(paths[k].absolute())} for k in todo],
+                                         override_num_blocks=blocks)
+                ds = ds.map_batches(
+                    StylizeActor,
+                    fn_constructor_kwargs=dict(style=style_arrays, settings=s, output_dir=str(output_dir),
+                                               suffix=suffix, batch_size=batch_size, output_size=out_size,
+                                               overwrite=overwrite),
+                    batch_size=ray_batch_size, batch_format="numpy",
+                    # A fixed pool; one Ray batch per actor at a time, so that batches spread over all actors
+                    # (a batch is seconds to minutes of work: queueing more per actor only unbalances the end).
+                    compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
+                    num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor)
+                for row in ds.iter_rows():
+                    k = int(row["index"])
+                    status = _row_status(row)
+                    status.input = str(paths[k])  # as the user named it
+                    run.record(k, status)
+        finally:
+            if started:
+                ray.shutdown()
     return summary
 

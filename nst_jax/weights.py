@@ -351,7 +351,7 @@ def _verified_cached(path: Path, known_hash: str | None, url: str) -> Path:
 def _download(url: str, target: Path, known_hash: str | None, *, progress: bool) -> None:
     """Downloads ``url`` to ``target`` through a temporary file renamed only once the checksum matches."""
     # The temporary file gets the usual permissions (0666 minus the umask), which the cached file keeps.
-    fd, temp = images._create_temp(target)
+    fd, temp = images.create_temp(target)
     bar = _DownloadProgress(f"nst_jax: downloading {url} to {target}") if progress else False
     try:
         try:
@@ -836,7 +836,7 @@ def save_npz(params: Mapping, path: PathLike) -> Path:
     arrays = {f"{name}/{kind}": np.asarray(value, np.float32)
               for name, layer in params["params"].items() for kind, value in layer.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = images._create_temp(path)  # the usual permissions (0666 minus the umask), unlike mkstemp's 0600
+    fd, tmp = images.create_temp(path)  # the usual permissions (0666 minus the umask), unlike mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fobj:
             np.savez(fobj, **arrays)

@@ -1,23 +1,22 @@
 #!/usr/bin/env python
 """Batch invariance: what it costs, and whether it holds, measured against the previous batch engine in one run.
 
-"after" is the library as it is. "before" is the previous engine, recreated by swapping three module
-attributes while its programs are traced:
+"after" is the library as it is: on CPU the batch engine runs every image with the single-image program
+(``nst_jax.batch._per_image``). "before" is the previous engine, ``jax.vmap`` of the single-image step,
+recreated by setting ``nst_jax.batch._per_image`` to ``jax.vmap`` while its programs are traced.
 
-* ``nst_jax.conv._tile_products`` -> a plain ``jnp.matmul``: under ``vmap`` the batch then folds into the rows
-  of the Winograd GEMMs, whose shape (and so rounding) depends on the batch size;
-* ``nst_jax.objective._stored`` -> identity: the weighted loss values summed as XLA fuses them;
-* ``nst_jax.batch._per_image`` -> ``jax.vmap``: a batch of one image vmapped too.
+Measured with the default settings (``conv_algorithm="auto"``, neural-style's L-BFGS), random weights, square
+random content images and one random style (its targets shared by the batch, as in the engine); warm,
+``block_until_ready``-ed, "before" and "after" interleaved, the minimum over ``--repeats`` (the machine may
+be shared with other processes; the minimum is the least disturbed run):
 
-Measured with the default settings (``conv_algorithm="auto"``, neural-style's L-BFGS) and random weights,
-warm, ``block_until_ready``-ed, the minimum over ``--repeats`` (the machine may be shared; the minimum is the
-least disturbed run), "before" and "after" interleaved:
-
-* one image's value+grad (``Objective.value_and_grad`` under ``jit``, no batch axis) at ``--single-size``;
+* one image's value+grad (``Objective.value_and_grad`` under ``jit``, no batch axis: the program of
+  ``nst_jax.stylize``) at ``--single-size``; the engine does not change it, which is checked (same HLO);
 * for each ``--sizes`` x ``--batch-sizes``: the batch's value+grad (the engine's per-image map of
-  ``value_and_grad``) and one L-BFGS iteration (``nst_jax.batch._step_batch``, after ``--warmup-steps``);
+  ``value_and_grad``) and one L-BFGS iteration (``nst_jax.batch._step_batch``, after ``--warmup-steps``),
+  the step's compile time (trace, lower and compile of init and step) and XLA's temporary memory;
 * invariance: the value+grad of image 0 in each batch (its neighbours: other random images) compared bit for
-  bit with image 0 alone (batch of one), before and after.
+  bit with image 0 in a batch of one, before and after.
 
 Prints a markdown table; ``--out`` writes JSON with the date, the machine and the exact command::
 
@@ -52,21 +51,18 @@ def parse_args(argv=None):
 
 @contextlib.contextmanager
 def previous_engine():
-    """Traces the previous batch engine (see the module docstring) while active."""
+    """Traces the previous batch engine (``jax.vmap``, see the module docstring) while active."""
     import jax
-    import jax.numpy as jnp
 
-    from nst_jax import batch, conv, objective
+    from nst_jax import batch
 
-    saved = conv._tile_products, objective._stored, batch._per_image
-    conv._tile_products = lambda precision: (lambda v, u: jnp.matmul(v, u, precision=precision))
-    objective._stored = lambda value: value
-    batch._per_image = jax.vmap
+    saved = batch._per_image
+    batch._per_image = lambda fn, sharding=None: jax.vmap(fn)
     jax.clear_caches()  # nothing traced under one variant may be reused by the other
     try:
         yield
     finally:
-        conv._tile_products, objective._stored, batch._per_image = saved
+        batch._per_image = saved
         jax.clear_caches()
 
 
@@ -87,21 +83,20 @@ class Problem:
         import jax.numpy as jnp
         import numpy as np
 
-        from nst_jax import optim, weights
+        from nst_jax import objective, optim, weights
         from nst_jax.config import Settings
-        from nst_jax.objective import Objective, make_targets
 
         self.settings = s = Settings(weights="random")
-        self.objective = Objective.from_settings(s)
+        self.objective = obj = objective.Objective.from_settings(s)
         self.spec = optim.SolverSpec.from_settings(s)
         raw = weights.random_params(0)
-        self.params = self.objective.prepare(raw)
+        self.params = obj.prepare(raw)
         rng = np.random.default_rng(size)
-        style = jnp.asarray(rng.uniform(-100, 100, (size, size, 3)), jnp.float32)
-        self.targets = [make_targets(self.objective, raw, jnp.asarray(rng.uniform(-100, 100, (size, size, 3)),
-                                                                      jnp.float32), [style], weights=s)
+        image = lambda: jnp.asarray(rng.uniform(-100, 100, (size, size, 3)), jnp.float32)  # noqa: E731
+        style = objective.style_targets(obj, raw, [image()])  # computed once: shared by the batch
+        self.targets = [objective.with_weights(obj, s, style, objective.content_targets(obj, raw, image()))
                         for _ in range(n_images)]
-        self.x = jnp.asarray(rng.uniform(-100, 100, (n_images, size, size, 3)), jnp.float32)
+        self.x = jnp.stack([image() for _ in range(n_images)])
 
     def batch_targets(self, b: int):
         from nst_jax import batch
@@ -109,7 +104,7 @@ class Problem:
         return batch.split_targets(self.targets[:b])
 
     def value_and_grad(self, name: str, b: int):
-        """The compiled batched value+grad of images ``0..b-1`` under ``name``, and its arguments."""
+        """The compiled value+grad of the batch of images ``0..b-1`` under ``name``, and its arguments."""
         import jax
 
         from nst_jax import batch
@@ -126,8 +121,9 @@ class Problem:
         return compiled, (self.params, self.x[:b], batched, shared)
 
     def stepper(self, name: str, b: int, warmup: int):
-        """``(step, state)``: the compiled batched L-BFGS iteration under ``name`` and a state after ``warmup``
-        iterations. ``step(state)`` returns the next state (the argument is donated)."""
+        """The compiled L-BFGS iteration of the batch of images ``0..b-1`` under ``name``: ``(step, state,
+        compile seconds, temporary bytes)``; ``step(state)`` returns the next state (its argument is donated),
+        ``state`` is the state after ``warmup`` iterations."""
         from nst_jax import batch
 
         obj, spec = self.objective, self.spec
@@ -141,7 +137,7 @@ class Problem:
         run = lambda st: step(self.params, st, batched, shared)  # noqa: E731
         for _ in range(warmup):
             state = run(state)
-        return run, state, compile_s
+        return run, state, compile_s, step.memory_analysis().temp_size_in_bytes
 
 
 def identical(a, b) -> bool:
@@ -157,10 +153,73 @@ def first_image(tree):
     return jax.tree.map(lambda a: a[0], tree)
 
 
+NAMES = ("before", "after")
+
+
+def single_image(args) -> dict:
+    """One image's value+grad, before and after (the same program: checked)."""
+    import jax
+
+    p = Problem(args.single_size, 1)
+    vg = {}
+    for name in NAMES:
+        with variant(name):
+            vg[name] = jax.jit(p.objective.value_and_grad).lower(p.params, p.x[0], p.targets[0]).compile()
+    call = lambda name: jax.block_until_ready(vg[name](p.params, p.x[0], p.targets[0]))  # noqa: E731
+    times = {name: [] for name in NAMES}
+    for name in NAMES:
+        call(name)
+    for _ in range(args.repeats):  # interleaved
+        for name in NAMES:
+            times[name].append(seconds(lambda name=name: call(name)))
+    return {"size": args.single_size, "same_program": vg["before"].as_text() == vg["after"].as_text(),
+            **{f"{n}_s": round(min(times[n]), 4) for n in NAMES},
+            **{f"{n}_runs_s": [round(t, 4) for t in times[n]] for n in NAMES}}
+
+
+def batch_point(p: Problem, size: int, b: int, alone: dict, args) -> dict:
+    import jax
+
+    row = {"size": size, "batch": b}
+    vg = {n: p.value_and_grad(n, b) for n in NAMES}
+    for n in NAMES:
+        row[f"{n}_identical"] = identical(first_image(jax.device_get(vg[n][0](*vg[n][1]))), alone[n])
+    steps = {n: p.stepper(n, b, args.warmup_steps) for n in NAMES}
+    states = {n: steps[n][1] for n in NAMES}
+    vg_t, step_t = {n: [] for n in NAMES}, {n: [] for n in NAMES}
+    for _ in range(args.repeats):  # interleaved
+        for n in NAMES:
+            vg_t[n].append(seconds(lambda n=n: jax.block_until_ready(vg[n][0](*vg[n][1]))))
+            t0 = time.perf_counter()
+            states[n] = jax.block_until_ready(steps[n][0](states[n]))
+            step_t[n].append(time.perf_counter() - t0)
+    for n in NAMES:
+        row[f"{n}_vg_s"] = round(min(vg_t[n]), 4)
+        row[f"{n}_step_s"] = round(min(step_t[n]), 4)
+        row[f"{n}_compile_s"] = round(steps[n][2], 2)
+        row[f"{n}_temp_mb"] = round(steps[n][3] / 2**20)
+    return row
+
+
+def table(rows) -> str:
+    lines = ["| size | batch | value+grad s before | after | after/before | L-BFGS step s before | after | "
+             "after/before | compile s before / after | XLA temp MB before / after | bit-identical to alone "
+             "before / after |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['batch']} | {r['before_vg_s']:.3f} | {r['after_vg_s']:.3f} | "
+                     f"{r['after_vg_s'] / r['before_vg_s']:.2f} | {r['before_step_s']:.3f} | {r['after_step_s']:.3f} | "
+                     f"{r['after_step_s'] / r['before_step_s']:.2f} | {r['before_compile_s']:.1f} / "
+                     f"{r['after_compile_s']:.1f} | {r['before_temp_mb']} / {r['after_temp_mb']} | "
+                     f"{yes(r['before_identical'])} / {yes(r['after_identical'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench_batch_invariance.py",
-                                                                                      *argv])
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(
+        ["bench_batch_invariance.py", *argv])
     import jax
 
     from benchmark import machine_info
@@ -170,72 +229,28 @@ def main(argv=None) -> int:
     m = info["machine"]
     print(f"# bench_batch_invariance {info['date']}\n\n{m['cpu_model']} ({m['cpu_flags']}), {m['usable_cores']} "
           f"cores, jax {jax.__version__} {m['backend']}\n\n`{command}`\n", flush=True)
-    names = ("before", "after")
 
-    # One image, no batch axis: the path of nst_jax.stylize.
-    p = Problem(args.single_size, 1)
-    obj = p.objective
-    single = {}
-    for name in names:
-        with variant(name):
-            single[name] = jax.jit(obj.value_and_grad).lower(p.params, p.x[0], p.targets[0]).compile()
-        jax.block_until_ready(single[name](p.params, p.x[0], p.targets[0]))
-    times = {n: [] for n in names}
-    for _ in range(args.repeats):  # interleaved
-        for n in names:
-            times[n].append(seconds(lambda n=n: jax.block_until_ready(single[n](p.params, p.x[0], p.targets[0]))))
-    single_row = {"size": args.single_size, **{f"{n}_s": round(min(times[n]), 4) for n in names},
-                  **{f"{n}_runs_s": [round(t, 4) for t in times[n]] for n in names}}
-    print(f"single image value+grad at {args.single_size} px: before {single_row['before_s']:.3f} s, after "
-          f"{single_row['after_s']:.3f} s ({single_row['after_s'] / single_row['before_s']:.2f}x)", flush=True)
-    del p, single
-
+    single = single_image(args)
+    print(f"one image's value+grad at {single['size']} px: before {single['before_s']:.3f} s, after "
+          f"{single['after_s']:.3f} s ({single['after_s'] / single['before_s']:.2f}x; same program: "
+          f"{single['same_program']})\n", flush=True)
     rows = []
     for size in args.sizes:
         p = Problem(size, max(args.batch_sizes))
         alone = {}
-        for n in names:
+        for n in NAMES:
             fn, fn_args = p.value_and_grad(n, 1)
             alone[n] = first_image(jax.device_get(fn(*fn_args)))
         for b in args.batch_sizes:
-            row = {"size": size, "batch": b}
-            vg = {n: p.value_and_grad(n, b) for n in names}
-            outs = {n: jax.device_get(vg[n][0](*vg[n][1])) for n in names}
-            for n in names:
-                row[f"{n}_identical"] = identical(first_image(outs[n]), alone[n])
-            steps = {n: p.stepper(n, b, args.warmup_steps) for n in names}
-            states = {n: steps[n][1] for n in names}
-            vg_t, step_t = {n: [] for n in names}, {n: [] for n in names}
-            for _ in range(args.repeats):  # interleaved
-                for n in names:
-                    vg_t[n].append(seconds(lambda n=n: jax.block_until_ready(vg[n][0](*vg[n][1]))))
-                    t0 = time.perf_counter()
-                    states[n] = jax.block_until_ready(steps[n][0](states[n]))
-                    step_t[n].append(time.perf_counter() - t0)
-            for n in names:
-                row[f"{n}_vg_s"] = round(min(vg_t[n]), 4)
-                row[f"{n}_step_s"] = round(min(step_t[n]), 4)
-                row[f"{n}_step_compile_s"] = round(steps[n][2], 2)
-            rows.append(row)
-            print(f"  {size} px, batch {b}: value+grad {row['before_vg_s']:.3f} -> {row['after_vg_s']:.3f} s, "
-                  f"L-BFGS step {row['before_step_s']:.3f} -> {row['after_step_s']:.3f} s, image 0 as alone: "
-                  f"before {row['before_identical']}, after {row['after_identical']}", file=sys.stderr, flush=True)
-            del vg, outs, steps, states
-        del p
-
-    lines = ["| size | batch | value+grad before s | after s | after/before | L-BFGS step before s | after s | "
-             "after/before | step compile before/after s | image 0 bit-identical to alone: before / after |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['size']} | {r['batch']} | {r['before_vg_s']:.3f} | {r['after_vg_s']:.3f} | "
-                     f"{r['after_vg_s'] / r['before_vg_s']:.2f} | {r['before_step_s']:.3f} | {r['after_step_s']:.3f} | "
-                     f"{r['after_step_s'] / r['before_step_s']:.2f} | {r['before_step_compile_s']:.1f} / "
-                     f"{r['after_step_compile_s']:.1f} | {'yes' if r['before_identical'] else 'no'} / "
-                     f"{'yes' if r['after_identical'] else 'no'} |")
-    print("\n".join(lines))
+            rows.append(batch_point(p, size, b, alone, args))
+            r = rows[-1]
+            print(f"  {size} px, batch {b}: value+grad {r['before_vg_s']:.3f} -> {r['after_vg_s']:.3f} s, L-BFGS step "
+                  f"{r['before_step_s']:.3f} -> {r['after_step_s']:.3f} s, image 0 as alone: before "
+                  f"{r['before_identical']}, after {r['after_identical']}", file=sys.stderr, flush=True)
+    print(table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**info, "single": single_row, "results": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({**info, "single": single, "results": rows}, indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 

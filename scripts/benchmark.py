@@ -368,7 +368,8 @@ def _torch_objective(cfg: dict):
     workdir = Path(cfg["workdir"])
     params = _load_params(workdir)
     inp = _load_inputs(workdir, cfg["size"])
-    return tr, tr.TorchObjective(params, inp["content"], [inp["style"]], device=cfg.get("torch_device", "cpu")), inp["x0"]
+    objective = tr.TorchObjective(params, inp["content"], [inp["style"]], device=cfg.get("torch_device", "cpu"))
+    return tr, objective, inp["x0"]
 
 
 def worker_torch_vg(cfg: dict) -> dict:
@@ -655,7 +656,8 @@ def _spawn_once(cfg: dict, *, verbose: bool = True, env: dict | None = None) -> 
     (machine-wide busy CPU time minus the worker's own, per wall second): figures taken with a foreign
     load above ~0.1 are not clean measurements.
     """
-    label = " ".join(f"{k}={v}" for k, v in cfg.items() if k in ("kind", "size", "optimizer", "loop", "dtype", "conv_algorithm"))
+    label = " ".join(f"{k}={v}" for k, v in cfg.items()
+                     if k in ("kind", "size", "optimizer", "loop", "dtype", "conv_algorithm"))
     if verbose:
         print(f"  [{time.strftime('%H:%M:%S')}] {label} ...", end="", flush=True, file=sys.stderr)
     t0 = time.perf_counter()
@@ -847,7 +849,8 @@ def _derive(r: dict, peak_measured: float, peak_given: float | None) -> None:
         t = r["torch_ttl"]
         for key in [k for k in r if k.startswith("jax_ttl")]:
             j = r[key]
-            d["ratio_time_to_loss" + key[len("jax_ttl"):]] = _ratio(j["seconds"], t["seconds"]) if j["reached"] else None
+            d["ratio_time_to_loss" + key[len("jax_ttl"):]] = (_ratio(j["seconds"], t["seconds"]) if j["reached"]
+                                                              else None)
         reached = [v for k, v in d.items() if k.startswith("ratio_time_to_loss") and v is not None]
         d["ratio_time_to_loss_best"] = min(reached) if reached else None
     r["derived"] = d
@@ -928,7 +931,8 @@ def markdown(result: dict) -> str:
             c = r["check"]
             lines += [f"Agreement with PyTorch: max term relative error "
                       f"{max(c['rel_err'].values()):.2e} (total {c['rel_err']['total']:.2e}, content "
-                      f"{c['rel_err']['content']:.2e}, style {c['rel_err']['style']:.2e}, tv {c['rel_err']['tv']:.2e}); "
+                      f"{c['rel_err']['content']:.2e}, style {c['rel_err']['style']:.2e}, "
+                      f"tv {c['rel_err']['tv']:.2e}); "
                       f"gradient cosine {c['grad_cosine']:.7f}, relative L2 {c['grad_rel_l2']:.2e}.", ""]
         lines += ["| figure | nst_jax | PyTorch | ratio |", "|---|---:|---:|---:|"]
         vg = r["jax_vg"]
@@ -960,7 +964,8 @@ def markdown(result: dict) -> str:
             row("  fraction of --peak-gflops", d.get("vg_frac_given_peak"),
                 _ratio(d.get("torch_vg_gflops"), result["options"]["peak_gflops"]), spec=".2f")
         if "jax_vg_bf16" in r:
-            row("value+grad bf16 (s)", r["jax_vg_bf16"]["seconds"], ratio=_ratio(r["jax_vg_bf16"]["seconds"], vg["seconds"]))
+            row("value+grad bf16 (s)", r["jax_vg_bf16"]["seconds"],
+                ratio=_ratio(r["jax_vg_bf16"]["seconds"], vg["seconds"]))
         tl = r["torch_lbfgs"]["seconds_per_iter"] if t else None
         for loop in ("step", "chunk"):
             o = r[f"jax_lbfgs_{loop}"]
@@ -1322,10 +1327,12 @@ def profile_markdown(p: dict) -> str:
                 f"grad rel diff {m.get('grad_rel_diff', float('nan')):.1e})", m)
         row("value+grad with remat=True", r.get("remat_vg"))
         for flags, m in r.get("xla_flags", {}).items():
-            row(f"value+grad with XLA_FLAGS='{flags}'" if flags else "value+grad, no extra XLA_FLAGS (control)", m["vg"])
+            row(f"value+grad with XLA_FLAGS='{flags}'" if flags else "value+grad, no extra XLA_FLAGS (control)",
+                m["vg"])
         if "bf16_lbfgs" in r:
             b = r["bf16_lbfgs"]
-            lines += ["", f"dtype='bfloat16' vs float32, neural-style's L-BFGS, {b['iterations']} iterations: float32 loss "
+            lines += ["", f"dtype='bfloat16' vs float32, neural-style's L-BFGS, {b['iterations']} iterations: "
+                      f"float32 loss "
                       f"{b['bfloat16'][-1]:.6g} vs fp32 {b['float32'][-1]:.6g} (relative difference "
                       f"{b['final_rel_diff']:.2%}; start {b['float32'][0]:.6g})."]
         if "lbfgs" in r:
@@ -1342,7 +1349,8 @@ def profile_markdown(p: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__[__doc__.index("Usage"):])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__[__doc__.index("Usage"):])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes (long side, px)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (the median is reported)")
     p.add_argument("--iters", type=int, default=3, help="optimizer iterations per timed repetition")

@@ -79,7 +79,8 @@ def measure(pair, init: str, size: int, iterations: list[int], params, dirs) -> 
         terms32, g32 = jax.jit(obj32.value_and_grad)(params, x, t32)
         _, obj16, t16 = setups["bfloat16"]
         terms16, g16 = jax.jit(obj16.value_and_grad)(params, x, t16)
-        rel = {k: abs(float(getattr(terms16, k)) - float(getattr(terms32, k))) / max(abs(float(getattr(terms32, k))), 1e-30)
+        rel = {k: abs(float(getattr(terms16, k)) - float(getattr(terms32, k)))
+               / max(abs(float(getattr(terms32, k))), 1e-30)
                for k in ("total", "content", "style")}
         a, b = np.ravel(np.asarray(g32, np.float64)), np.ravel(np.asarray(g16, np.float64))
         cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
         cells = [r["pair"], r["init"],
                  f"{r['eval_rel_at_start']['total']:.2e} / {r['eval_rel_at_end']['total']:.2e}",
                  f"{r['grad_cos_at_start']:.5f} / {r['grad_cos_at_end']:.5f}"]
-        cells += [f"{a['rel_gap']:+.2%} ({a['reduction_f32']:.1%})" for a in (r["after"][n] for n in sorted(args.iterations))]
+        cells += [f"{a['rel_gap']:+.2%} ({a['reduction_f32']:.1%})"
+                  for a in (r["after"][n] for n in sorted(args.iterations))]
         print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=str))

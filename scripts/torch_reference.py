@@ -47,7 +47,8 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def to_torch_weights(params: Mapping, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def to_torch_weights(params: Mapping, dtype: torch.dtype = torch.float32
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """nst_jax params pytree -> ``{convB_I: (weight OIHW, bias)}`` torch tensors.
 
     Layout change (asserted): our kernels are HWIO ``(3, 3, C_in, C_out)``; ``F.conv2d`` wants OIHW

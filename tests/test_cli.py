@@ -128,7 +128,7 @@ def test_flags_match_settings_fields_exactly():
         assert cli._flag(name) in options
     # the other flags are the inputs and outputs, not settings
     others = {a.dest for a in parser._actions} - set(flags)
-    assert others == {"help", "content", "style", "output", "overwrite", "quiet"}
+    assert others == {"help", "content", "style", "output", "size", "overwrite", "quiet", "command"}
     # defaults are the dataclass's: no flag given -> Settings()
     assert _settings_of([]) == Settings()
     assert set(NON_DEFAULT) == set(fields)  # a new setting needs a line in NON_DEFAULT
@@ -245,3 +245,85 @@ def test_non_finite_loss(tmp_path, capsys):
     else:  # the last finite iterate is kept as a partial file the message names, never as the output
         assert len(partials) == 1 and str(partials[0]) in err and "not a finished result" in err
         assert images.read_metadata(partials[0])["partial"] is True
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands; content or style left out
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("stylize", "batch", "sweep"):
+        assert f"    {command} " in out
+
+
+def test_stylize_subcommand_is_the_default():
+    argv = ["--content", "c.jpg", "--style", "s.jpg", "--output", "o.png", "--image-size", "100"]
+    plain, named = cli.build_parser().parse_args(argv), cli.build_parser().parse_args(["stylize", *argv])
+    assert plain.command is None and named.command == "stylize"
+    assert cli.settings_from_args(plain) == cli.settings_from_args(named) == Settings(image_size=100)
+    assert (plain.content, plain.style, plain.output) == (named.content, named.style, named.output)
+
+
+def test_cli_and_batch_cli_do_not_import_each_other():
+    code = ("import sys, nst_jax.batch_cli; assert 'nst_jax.cli' not in sys.modules, 'batch_cli imports cli'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("size_flags, shape", [
+    (["--size", "48x64"], (48, 64, 3)),
+    (["--size", "64x40"], (64, 40, 3)),
+    (["--image-size", "64", "--aspect", "1.5"], (42, 64, 3)),
+])
+def test_texture_without_content(size_flags, shape, tmp_path, capsys):
+    out = tmp_path / "texture.png"
+    no_size = [a for a in FAST if a not in ("--image-size", "64")]
+    code = cli.main(["--style", STYLE, "--content-weight", "0", *size_flags, *no_size, "--num-iterations", "2",
+                     "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert images.load_image(out).shape == shape
+    meta = images.read_metadata(out)["settings"]
+    assert meta["content_weight"] == 0 and meta["image_size"] == max(shape[:2])
+
+
+def test_reconstruction_without_style(tmp_path, capsys):
+    out = tmp_path / "reconstruction.png"
+    code = cli.main(["stylize", "--content", CONTENT, "--style-weight", "0", *FAST, "--num-iterations", "2",
+                     "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert images.load_image(out).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--style", STYLE, *FAST], "--content is missing: pass --content IMAGE, or --content-weight 0"),
+    (["--content", CONTENT, *FAST], "--style is missing: pass --style IMAGE, or --style-weight 0"),
+    (["--style", STYLE, "--content-weight", "0", "--init", "content", *FAST], "--init"),
+    (["--content", CONTENT, "--style", STYLE, "--aspect", "2", *FAST], "--aspect"),
+    (["--content", CONTENT, "--style", STYLE, "--size", "48x64", *FAST], "--size sets the canvas of a texture"),
+    (["--style", STYLE, "--content-weight", "0", "--size", "48x64", *FAST], "--size replaces --image-size"),
+    (["--style", STYLE, "--content-weight", "0", "--size", "64x8", "--quiet"], "argument --size"),
+    (["--style", STYLE, "--content-weight", "0", "--size", "big", "--quiet"], "argument --size: must be HxW"),
+    (["--style", STYLE, "--content-weight", "0", "--style-weight", "0", "--tv-weight", "0", "--quiet"],
+     "nothing to optimize"),
+])
+def test_missing_or_contradictory_inputs(argv, expected, tmp_path, capsys):
+    err = _fails(argv, tmp_path, capsys)
+    assert expected in err
+
+
+def test_missing_output_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--content", CONTENT, "--style", STYLE, *FAST])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--output is required" in err
+
+
+def test_flags_before_the_command_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--quiet", "batch", "--style", STYLE, "--inputs", str(tmp_path), "--output-dir",
+                  str(tmp_path / "o")])
+    assert e.value.code == 2 and "put the command first: nst-jax batch" in capsys.readouterr().err

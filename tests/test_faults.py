@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 import nst_jax
-from nst_jax import batch, batch_cli, images, optim
+from nst_jax import batch, batch_cli, images, jobfiles, optim
 from nst_jax.objective import Terms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,7 +358,7 @@ def test_summary_is_merged_not_overwritten(tmp_path):
 
 
 def test_summary_is_written_under_the_folder_lock(tmp_path):
-    held = batch._Claim.take(tmp_path / batch.SUMMARY_NAME, wait=False)  # as a job writing it would
+    held = jobfiles.Claim.take(tmp_path / batch.SUMMARY_NAME, wait=False)  # as a job writing it would
     code = textwrap.dedent("""
         import sys
         from nst_jax import batch

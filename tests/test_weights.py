@@ -703,7 +703,8 @@ def test_vgg19_file_with_classifier_top_loads(tmp_path, full_h5, full_params):
 
 
 def test_random_weights_notice_once_per_process():
-    code = ("import os\nfrom nst_jax import weights\nweights.resolve_params('random')\nweights.resolve_params('random')\n"
+    code = ("import os\nfrom nst_jax import weights\n"
+            "weights.resolve_params('random')\nweights.resolve_params('random')\n"
             f"os.environ[{weights.ENV_WEIGHTS!r}] = 'random'\nweights.resolve_params(None)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

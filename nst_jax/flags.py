@@ -1,0 +1,141 @@
+"""What every command-line subcommand shares: the flags generated from :class:`nst_jax.config.Settings`,
+errors in the command line's terms, warnings as one line, SIGTERM as Ctrl-C, and the report of a created
+output directory.
+
+The subcommands' parsers are built in :mod:`nst_jax.cli` (``nst-jax``, ``nst-jax stylize``, ``nst-jax sweep``)
+and :mod:`nst_jax.batch_cli` (``nst-jax batch``); both import this module, neither imports the other's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import types
+import typing
+from collections.abc import Collection
+from pathlib import Path
+
+from nst_jax.config import SettingError, Settings
+
+_TUPLE_OF_STR = {"content_layers", "style_layers"}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a :class:`Settings` field (``image_size`` -> ``--image-size``)."""
+    return "--" + name.replace("_", "-")
+
+
+def error_message(error: BaseException) -> str:
+    """An error's message in the command line's terms: settings are named by their flags."""
+    if isinstance(error, SettingError):
+        return error.render(flag)
+    return str(error)
+
+
+def _strip_optional(tp):
+    """``X | None`` -> ``X``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return tp
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collection[str] = ()) -> None:
+    """Adds one flag per :class:`Settings` field (defaults and help from the dataclass).
+
+    Args:
+        parser: the parser (or subparser) to add the flags to.
+        several: names of number fields that take one or more values here (``nst-jax sweep``: one grid cell
+            per value); their values come back as lists, which :func:`settings_from_args` does not read.
+    """
+    hints = typing.get_type_hints(Settings)
+    group = parser.add_argument_group("settings (see nst_jax.Settings)")
+    for f in dataclasses.fields(Settings):
+        tp = _strip_optional(hints[f.name])
+        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        kw["help"] += f" (default: {_show(f.default)})"
+        origin = typing.get_origin(tp)
+        if f.name in several:
+            if tp not in (int, float):  # pragma: no cover - a programming error
+                raise TypeError(f"setting {f.name} is not a number; it cannot take several values")
+            kw.update(nargs="+", type=tp, metavar="W")
+            kw["help"] += "; several values: one grid cell per value (every combination with the other swept flags)"
+        elif tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif origin is typing.Literal:
+            kw["choices"] = list(typing.get_args(tp))
+        elif origin is tuple:
+            inner = typing.get_args(tp)[0]
+            kw["nargs"] = "+"
+            kw["type"] = inner
+            kw["metavar"] = "LAYER" if f.name in _TUPLE_OF_STR else ("PX" if inner is int else "W")
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:  # pragma: no cover - a new field type must be handled here
+            raise TypeError(f"no CLI mapping for setting {f.name}: {tp}")
+        group.add_argument(flag(f.name), **kw)
+
+
+def _show(v):
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return v
+
+
+def settings_from_args(ns: argparse.Namespace, *, exclude: Collection[str] = ()) -> Settings:
+    """Builds validated :class:`Settings` from parsed flags (unset flags, and ``exclude``, keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(Settings)} - set(exclude)
+    given = {k: v for k, v in vars(ns).items() if k in names}
+    for k in _TUPLE_OF_STR & given.keys():
+        given[k] = tuple(part for item in given[k] for part in item.split(",") if part.strip())
+    for k, v in list(given.items()):
+        if isinstance(v, list):
+            given[k] = tuple(v)
+    return Settings(**given)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. an animated GIF of which only the first frame is used) as one line on stderr, like the
+    errors, instead of Python's ``file:line: Category: ...`` followed by a line of source."""
+    print(f"nst-jax: warning: {message}", file=file or sys.stderr)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt(received: list[int]):
+    """Turns SIGTERM into ``KeyboardInterrupt`` (appending it to ``received``), so that ``kill`` takes the same
+    path as Ctrl-C: the library saves the latest image. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def report_created_directory(path: Path):
+    """Prints ``created directory <path>/`` if ``path`` did not exist before the block and does after it
+    (outputs create only the last level of a missing directory; a typo should not go unnoticed)."""
+    existed = path.exists()
+    try:
+        yield
+    finally:
+        if not existed and path.is_dir():
+            print(f"created directory {os.path.join(path, '')}")
+
+
+def fail(parser: argparse.ArgumentParser, message: str) -> typing.NoReturn:
+    """Exits with code 2 and ``<prog>: error: <message>`` as one line (no usage, no traceback)."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
