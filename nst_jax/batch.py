@@ -1,4 +1,4 @@
-"""Many images: buckets of equal shape, ``vmap`` of the single-image optimizer, sharding over devices.
+"""Many images: buckets of equal shape, the single-image optimizer mapped over them, sharding over devices.
 
 The math is :func:`nst_jax.optim.init` / :func:`nst_jax.optim.step` of *one* image; a batch maps those
 pure functions over its images with per-image optimizer state (:func:`_per_image`: on CPU one copy of the
@@ -133,10 +133,11 @@ def _per_image(fn, sharding=None):
     batch size, and so does their rounding: reductions of large arrays (the losses, L-BFGS's dot products)
     are split differently from four images on, the Winograd products fold the batch into the rows of one
     GEMM (:mod:`nst_jax.conv`), a batch of one is laid out and fused differently. neural-style's L-BFGS turns
-    such last-bit differences into visible ones within a few iterations. XLA runs the independent copies
-    concurrently, so on CPU this costs compile time (it grows with the batch size), not speed (see
-    BENCHMARKS.md). Elsewhere (GPUs, TPUs, or the batch sharded over several devices) it is ``jax.vmap``:
-    larger kernels, and a batch axis to shard.
+    such last-bit differences into visible ones within a few iterations. On CPU a batch gains little from
+    ``vmap``'s batched operations, so this costs no speed; the compile time grows with the batch size (see
+    BENCHMARKS.md). The step loop keeps each image's state in buffers of its own (:func:`batch_stepper`).
+    Elsewhere (GPUs, TPUs, or the batch sharded over several devices) it is ``jax.vmap``: larger kernels,
+    and a batch axis to shard.
     """
     if not _separate(sharding):
         return jax.vmap(fn)
@@ -169,13 +170,13 @@ def _step_images(objective, spec, params, states, targets, shared, hook=None):
                  for st, t in zip(states, targets))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jax.jit
 def _unstack(tree) -> tuple:
     """A tree of per-image leaves (batch axis first) as a tuple of one tree per image."""
     return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0]))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jax.jit
 def _stack(trees: tuple):
     """The inverse of :func:`_unstack`."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -219,8 +220,12 @@ def batch_stepper(objective: Objective, spec: optim.SolverSpec, params, targets,
     def advance(state, n):
         if loop == "step" and _separate(sharding):
             # Each image's state in buffers of its own between iterations, as for one image: slicing the
-            # batched state inside every step would copy the L-BFGS history each time.
+            # batched state inside every step would copy the L-BFGS history each time. The batched state is
+            # then freed, as the step's donation would (the caller's reference to it is dead from here on).
             states = _unstack(state)
+            for leaf in jax.tree.leaves(state):
+                if not leaf.is_deleted():
+                    leaf.delete()
             per_image = tuple(jax.tree.map(lambda a, i=i: a[i], targets) for i in range(len(states)))
             for _ in range(n):
                 states = _step_images(objective, spec, params, states, per_image, shared, **with_hook)

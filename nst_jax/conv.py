@@ -19,14 +19,15 @@ The kernel gradient, which style transfer never asks for, is the direct convolut
 Accuracy: in float32 the results differ from the direct convolution by about 1e-6 of the output's
 magnitude (the transforms only add and halve), which is the order of float32 reassociation.
 
-Batch invariance: an image's convolutions give the same bits whatever other images share its batch. On
-their own they would not: under ``jax.vmap`` (kernel unbatched) the 16 products become
-``(16, B*tiles, C_in) @ (16, C_in, C_out)``, the batch folded into the rows, and XLA:CPU's GEMM blocks and
-sums differently for different ``B`` (the rows of one image then differ in their last bits from its own
-``(16, tiles, C_in)`` product); vmapped reductions (the losses, L-BFGS's dot products) depend on the batch
-size in the same way. Folding is what accelerators want (larger GEMMs), so it is kept here; the CPU batch
-engine instead runs every image with the single-image program (:func:`nst_jax.batch._per_image`), so that
-each image's products have its own shape, the one ``nst_jax.stylize`` uses (tests/test_batch_invariance.py).
+Batch invariance: in the library's batches on CPU, an image's convolutions give the same bits whatever
+other images share its batch. The functions here do not ensure it by themselves: under ``jax.vmap``
+(kernel unbatched) the 16 products become ``(16, B*tiles, C_in) @ (16, C_in, C_out)``, the batch folded into
+the rows, and XLA:CPU's GEMM blocks and sums differently for different ``B`` (the rows of one image then
+differ in their last bits from its own ``(16, tiles, C_in)`` product); vmapped reductions (the losses,
+L-BFGS's dot products) depend on the batch size in the same way. Folding is what accelerators want (larger
+GEMMs), so it is kept here; the CPU batch engine (:mod:`nst_jax.batch`) instead runs every image with the
+single-image program, so that each image's products have its own shape, the one ``nst_jax.stylize`` uses
+(tests/test_batch_invariance.py).
 """
 
 from __future__ import annotations

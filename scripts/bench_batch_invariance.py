@@ -2,8 +2,9 @@
 """Batch invariance: what it costs, and whether it holds, measured against the previous batch engine in one run.
 
 "after" is the library as it is: on CPU the batch engine runs every image with the single-image program
-(``nst_jax.batch._per_image``). "before" is the previous engine, ``jax.vmap`` of the single-image step,
-recreated by setting ``nst_jax.batch._per_image`` to ``jax.vmap`` while its programs are traced.
+(``nst_jax.batch._per_image``) and steps each image's state on its own. "before" is the previous engine,
+``jax.vmap`` of the single-image step on the batched state, recreated while its programs are traced by
+setting ``nst_jax.batch._per_image`` to ``jax.vmap`` and ``nst_jax.batch._separate`` to false.
 
 Measured with the default settings (``conv_algorithm="auto"``, neural-style's L-BFGS), random weights, square
 random content images and one random style (its targets shared by the batch, as in the engine); warm,
@@ -13,8 +14,9 @@ be shared with other processes; the minimum is the least disturbed run):
 * one image's value+grad (``Objective.value_and_grad`` under ``jit``, no batch axis: the program of
   ``nst_jax.stylize``) at ``--single-size``; the engine does not change it, which is checked (same HLO);
 * for each ``--sizes`` x ``--batch-sizes``: the batch's value+grad (the engine's per-image map of
-  ``value_and_grad``) and one L-BFGS iteration (``nst_jax.batch._step_batch``, after ``--warmup-steps``),
-  the step's compile time (trace, lower and compile of init and step) and XLA's temporary memory;
+  ``value_and_grad``) and an L-BFGS iteration of the engine's stepper (``nst_jax.batch.batch_stepper``,
+  ``advance`` by ``--iterations-per-advance`` after ``--warmup-steps``), its compile time (init and the
+  first iteration) and XLA's temporary memory of the compiled step;
 * invariance: the value+grad of image 0 in each batch (its neighbours: other random images) compared bit for
   bit with image 0 in a batch of one, before and after.
 
@@ -45,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--single-size", type=int, default=256, help="Size of the single-image value+grad timing.")
     p.add_argument("--repeats", type=int, default=5, help="Timed runs per figure (the minimum is reported).")
     p.add_argument("--warmup-steps", type=int, default=3, help="L-BFGS iterations before the timed ones.")
+    p.add_argument("--iterations-per-advance", type=int, default=5,
+                   help="L-BFGS iterations per timed call of the stepper's advance (the engine advances by "
+                        "chunk_size, 25 by default, or to the next record).")
     p.add_argument("--out", type=Path, help="Write the results as JSON here.")
     return p.parse_args(argv)
 
@@ -56,13 +61,14 @@ def previous_engine():
 
     from nst_jax import batch
 
-    saved = batch._per_image
+    saved = batch._per_image, batch._separate
     batch._per_image = lambda fn, sharding=None: jax.vmap(fn)
+    batch._separate = lambda sharding: False
     jax.clear_caches()  # nothing traced under one variant may be reused by the other
     try:
         yield
     finally:
-        batch._per_image = saved
+        batch._per_image, batch._separate = saved
         jax.clear_caches()
 
 
@@ -121,23 +127,34 @@ class Problem:
         return compiled, (self.params, self.x[:b], batched, shared)
 
     def stepper(self, name: str, b: int, warmup: int):
-        """The compiled L-BFGS iteration of the batch of images ``0..b-1`` under ``name``: ``(step, state,
-        compile seconds, temporary bytes)``; ``step(state)`` returns the next state (its argument is donated),
-        ``state`` is the state after ``warmup`` iterations."""
+        """The batch engine's L-BFGS stepper (:func:`nst_jax.batch.batch_stepper`) for the images ``0..b-1``
+        under ``name``: ``(advance, state, compile seconds, temporary bytes of the compiled step)``;
+        ``advance(state, n)`` runs ``n`` iterations (its argument is consumed), ``state`` is the state after
+        ``warmup`` iterations."""
         from nst_jax import batch
 
         obj, spec = self.objective, self.spec
         batched, shared = self.batch_targets(b)
         with variant(name):
+            stepper = batch.batch_stepper(obj, spec, self.params, batched, shared=shared, loop="step")
             t0 = time.perf_counter()
-            init = batch._init_batch.lower(obj, spec, None, self.params, self.x[:b], batched, shared).compile()
-            state = init(self.params, self.x[:b], batched, shared)
-            step = batch._step_batch.lower(obj, spec, None, self.params, state, batched, shared).compile()
+            state = jax_ready(stepper.advance(stepper.init(self.x[:b]), 1))  # compiles init, step and around
             compile_s = time.perf_counter() - t0
-        run = lambda st: step(self.params, st, batched, shared)  # noqa: E731
-        for _ in range(warmup):
-            state = run(state)
-        return run, state, compile_s, step.memory_analysis().temp_size_in_bytes
+            if batch._separate(None):  # the step program the engine runs: per image, or vmapped
+                per_image = batch._unstack(batched)
+                step = batch._step_images.lower(obj, spec, self.params, batch._unstack(state), per_image, shared)
+            else:
+                step = batch._step_batch.lower(obj, spec, None, self.params, state, batched, shared)
+            temp = step.compile().memory_analysis().temp_size_in_bytes
+        if warmup > 1:
+            state = jax_ready(stepper.advance(state, warmup - 1))
+        return stepper.advance, state, compile_s, temp
+
+
+def jax_ready(tree):
+    import jax
+
+    return jax.block_until_ready(tree)
 
 
 def identical(a, b) -> bool:
@@ -187,12 +204,13 @@ def batch_point(p: Problem, size: int, b: int, alone: dict, args) -> dict:
     steps = {n: p.stepper(n, b, args.warmup_steps) for n in NAMES}
     states = {n: steps[n][1] for n in NAMES}
     vg_t, step_t = {n: [] for n in NAMES}, {n: [] for n in NAMES}
+    k = args.iterations_per_advance
     for _ in range(args.repeats):  # interleaved
         for n in NAMES:
             vg_t[n].append(seconds(lambda n=n: jax.block_until_ready(vg[n][0](*vg[n][1]))))
             t0 = time.perf_counter()
-            states[n] = jax.block_until_ready(steps[n][0](states[n]))
-            step_t[n].append(time.perf_counter() - t0)
+            states[n] = jax.block_until_ready(steps[n][0](states[n], k))
+            step_t[n].append((time.perf_counter() - t0) / k)
     for n in NAMES:
         row[f"{n}_vg_s"] = round(min(vg_t[n]), 4)
         row[f"{n}_step_s"] = round(min(step_t[n]), 4)

@@ -4,7 +4,7 @@ A batch job must not make an image's output depend on which other images happene
 batch: its neighbours, its position, the batch size. neural-style's L-BFGS takes unit steps without a line
 search and turns any last-bit difference in a gradient into visible pixel differences within a few
 iterations, so equality is asserted bit for bit, not to a tolerance. On CPU the batch engine gets this by
-running every image with the single-image program (:func:`nst_jax.batch._per_image`): under ``jax.vmap``,
+running every image with the single-image program (:mod:`nst_jax.batch`): under ``jax.vmap``,
 XLA:CPU's batched reductions and the Winograd products (the default convolution for the deep layers,
 ``conv_algorithm="auto"``) round differently for different batch sizes.
 """
