@@ -196,6 +196,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     styles = prepare_styles(style, s)
     params = get_params(s.weights)
     used = weights_used(s.weights)
+    meta = {"settings": s.to_dict(), "weights": used}  # what every file written below records
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
@@ -219,8 +220,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
                 and stage_it < s.num_iterations):
             snap = snapshot_path(out_path, stage_it)
             snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
-                                               metadata={"settings": s.to_dict(), "weights": used,
-                                                         "iteration": stage_it}))
+                                               metadata={**meta, "iteration": stage_it}))
 
     latest: dict = {}  # a copy of the newest iterate, saved on an interrupt
 
@@ -245,11 +245,9 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
                                                             "loss": result.loss})
     except KeyboardInterrupt as e:
-        raise _save_partial(latest, content_img, s, out_path, inputs, overwrite,
-                            {"settings": s.to_dict(), "weights": used}) from e
+        raise _save_partial(latest, content_img, s, out_path, inputs, overwrite, meta) from e
     except optim.NonFiniteLossError as e:
-        raise _nonfinite_error(e, content_img, s, out_path, inputs, overwrite,
-                               {"settings": s.to_dict(), "weights": used}) from None
+        raise _nonfinite_error(e, content_img, s, out_path, inputs, overwrite, meta) from None
     finally:
         if bar is not None:
             bar.close()
@@ -271,14 +269,8 @@ def _nonfinite_error(e: optim.NonFiniteLossError, content_img: np.ndarray, s: Se
         last_good = finish_image(x, content_img, s)
     partial = None
     if last_good is not None and out_path is not None:
-        it = e.iteration - 1
-        try:
-            partial = partial_path(out_path, it)
-            images.check_overwrite(partial, inputs, overwrite=overwrite)
-            images.save_image(last_good, partial, metadata={**metadata, "iteration": it, "partial": True,
-                                                            "nonfinite_at": it + 1})
-        except images.ImageError:
-            partial = None
+        partial, _ = _write_partial(last_good, e.iteration - 1, out_path, inputs, overwrite,
+                                    {**metadata, "nonfinite_at": e.iteration})
     return optim.NonFiniteLossError(e.iteration, e.loss, last_good=last_good,
                                     last_good_loss=e.last_good_loss, label=e.label, partial=partial)
 
@@ -340,13 +332,24 @@ def _save_partial(latest: dict, content_img: np.ndarray, s: Settings, out_path: 
     array = finish_image(latest["x"], content_img, s)
     if out_path is None:
         return Interrupted(array, iteration)
+    return Interrupted(array, iteration, *_write_partial(array, iteration, out_path, inputs, overwrite, metadata))
+
+
+def _write_partial(array: np.ndarray, iteration: int, out_path: Path, inputs, overwrite: bool,
+                   metadata: dict) -> tuple[Path | None, str | None]:
+    """Writes an unfinished image atomically as :func:`partial_path` of ``out_path`` under the output's rules
+    (never an input; another program's file only with ``overwrite``), its metadata marking it partial.
+
+    Returns:
+        ``(path, None)`` once written, or ``(None, why)`` if it could not be.
+    """
     path = partial_path(out_path, iteration)
     try:
         images.check_overwrite(path, inputs, overwrite=overwrite)
         images.save_image(array, path, metadata={**metadata, "iteration": iteration, "partial": True})
     except images.ImageError as e:
-        return Interrupted(array, iteration, reason=str(e))
-    return Interrupted(array, iteration, path)
+        return None, str(e)
+    return path, None
 
 
 def _progress_bar(total: int):

@@ -825,16 +825,24 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def is_own_output(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an image that ``save_image`` wrote (a previous output).
+    """Whether ``path`` is a file nst_jax wrote (a previous output).
 
-    ``save_image`` tags every file with its Software name, ``nst_jax <version>``:
-    a PNG text chunk, the EXIF Software tag in JPEG, WebP and TIFF. Only the
-    header is read. A missing, unreadable or untagged file (including every
-    format we cannot tag) is not ours, so it is replaced only when the user
-    says so (``check_overwrite``).
+    ``save_image`` tags every image with its Software name, ``nst_jax <version>``:
+    a PNG text chunk, the EXIF Software tag in JPEG, WebP and TIFF; only the
+    header is read. A ``.json`` file (e.g. a sweep's losses) is ours if its
+    top-level ``"software"`` holds that name. A missing, unreadable or untagged
+    file (including every format we cannot tag) is not ours, so it is replaced
+    only when the user says so (``check_overwrite``).
     """
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".json":
+        try:
+            software = json.loads(path.read_text(encoding="utf-8")).get("software", "")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return str(software).startswith(METADATA_KEY + " ")
     try:
-        with Image.open(Path(path).expanduser()) as img:
+        with Image.open(path) as img:
             if img.format == "PNG":
                 software = img.info.get("Software", "")  # our chunks precede the pixels
             else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -177,7 +176,7 @@ def stylize_sweep(content, style, axes: Mapping[str, Sequence[float]], settings:
     if output is not None:
         paths = (images.check_output_path(output), json_path_for(output))
         images.check_overwrite(paths[0], inputs, overwrite=overwrite)
-        _check_json_overwrite(paths[1], inputs, overwrite)
+        images.check_overwrite(paths[1], inputs, overwrite=overwrite)
     base = s.replace(**{name: max(values) for name, values in axes.items()})  # every term in the objective
     cells = combinations(axes)
     results = batch.stylize_batch([content] * len(cells), style, base, batch_size=len(cells), progress=progress,
@@ -199,19 +198,3 @@ def _axis_values(name: str, values) -> tuple[float, ...]:
     if not items:
         raise SettingError("{0} has no values to sweep: give at least one.", name)
     return tuple(getattr(Settings(**{name: v}), name) for v in items)  # validated as the setting itself
-
-
-def _check_json_overwrite(path: Path, inputs, overwrite: bool) -> None:
-    """The rules of :func:`nst_jax.images.check_overwrite` for the losses file: never an input; an existing
-    file only if a sweep wrote it (its ``software`` is nst_jax's) or with ``overwrite``."""
-    images.check_overwrite(path, inputs, overwrite=True)  # the input check alone
-    if path.exists() and not overwrite:
-        try:
-            ours = str(json.loads(path.read_text(encoding="utf-8")).get("software", "")).startswith(
-                images.METADATA_KEY + " ")
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise images.ImageError(
-                f"output '{path}' (the sweep's losses) already exists and was not written by nst_jax; refusing "
-                "to replace it: choose another output path, or pass --overwrite (Python: overwrite=True)")
