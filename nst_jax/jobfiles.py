@@ -21,12 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; claims are then not exclusive (see Claim)
-    fcntl = None
-
 from nst_jax import images
+from nst_jax.lockfile import LockFile
 
 __all__ = ["Claim", "DiskFullError", "ImageStatus", "JOURNAL_NAME", "JobSummary", "SUMMARY_NAME", "append_journal",
            "clean_stale_files", "disk_full_error", "file_id", "now", "recover_journal", "remove_temps",
@@ -95,25 +91,30 @@ def disk_full_error(e: BaseException, path, input: str | None = None) -> DiskFul
                          "command again: finished outputs are kept.", input=input, code=full.errno)
 
 
-#: flock errors of filesystems that do not support locks (some network and FUSE filesystems).
-_NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, n)}
-
-
 class Claim:
     """This process's exclusive claim on an output name of a job folder, so that jobs sharing the folder
     never stylize one image twice (and write the summary one at a time).
 
-    The claim is the file ``.<name>.lock`` next to the output, locked with ``flock``: the OS drops the lock
-    when its process ends, however it ends (SIGKILL, a lost machine on NFS after the lease), so a claim is
-    never stale; the file a killed job leaves is simply claimed again. The holder removes the file before
-    unlocking it; whoever locks a file that was already there (``stale``) knows that its holder died and
-    removes the temporary files it left (only a claim holder writes that name). Without ``fcntl``
-    (Windows), or on a filesystem without locks, the file is still created and removed, but does not
-    exclude another job, and nothing is taken for stale.
+    The claim is the lock file ``.<name>.lock`` next to the output (:class:`nst_jax.lockfile.LockFile`): the
+    OS drops the lock when its process ends, however it ends (SIGKILL, a lost machine on NFS after the
+    lease), so a claim is never stale; the file a killed job leaves is simply claimed again, and whoever
+    claims such a file (``stale``) knows that its holder died and removes the temporary files it left (only
+    a claim holder writes that name). On a filesystem without locks the file is still created and removed,
+    but does not exclude another job, and nothing is taken for stale.
     """
 
-    def __init__(self, fd: int, path: Path, *, exclusive: bool, stale: bool):
-        self.fd, self.path, self.exclusive, self.stale = fd, path, exclusive, stale
+    def __init__(self, held: LockFile):
+        self._held = held
+
+    @property
+    def exclusive(self) -> bool:
+        """The claim excludes other jobs (False on a filesystem without locks)."""
+        return self._held.exclusive
+
+    @property
+    def stale(self) -> bool:
+        """The claim file was left by a job that died holding it."""
+        return self._held.abandoned
 
     @staticmethod
     def lock_path(output: Path) -> Path:
@@ -122,47 +123,13 @@ class Claim:
     @classmethod
     def take(cls, output: Path, *, wait: bool) -> Claim | None:
         """Claims ``output``; None if another process holds it (``wait``: wait for it instead)."""
-        path = cls.lock_path(output)
-        while True:
-            try:
-                fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(path, os.O_RDWR), False
-                except FileNotFoundError:  # released meanwhile
-                    continue
-            locked = fcntl is not None
-            try:
-                if locked:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                    except OSError as e:  # a filesystem without locks: go on unlocked rather than fail the job
-                        if e.errno not in _NO_LOCKS:
-                            raise
-                        locked = False
-                current = os.path.samestat(os.fstat(fd), os.stat(path))
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            except FileNotFoundError:
-                current = False
-            except BaseException:
-                os.close(fd)
-                raise
-            if current:
-                break
-            os.close(fd)  # its holder released it while we waited: claim the name anew
         # The file stays empty (no data block per claimed image on a nearly full disk): the lock, not the
         # content, says whether it is held.
-        return cls(fd, path, exclusive=locked, stale=locked and not created)
+        held = LockFile.acquire(cls.lock_path(output), wait=wait)
+        return None if held is None else cls(held)
 
     def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        os.close(self.fd)
-        self.fd = None
+        self._held.release()
 
 
 #: ``.<name>.<token>.tmp`` (:func:`nst_jax.images.create_temp`'s temporary files) and ``.<name>.lock`` (claims).

@@ -25,13 +25,11 @@ logger, and :func:`describe` says which weights were used (outputs record it).
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import os
 import re
 import sys
-import time
 import urllib.parse
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -46,13 +44,8 @@ import pooch
 import requests
 
 from nst_jax import images
+from nst_jax.lockfile import LockFile
 from nst_jax.vgg import CONV_LAYERS, VGG19, FeatureExtractor, Padding, Pooling, check_params, param_shapes
-
-try:  # POSIX: advisory locks that the kernel releases when their process dies, so none is ever stale
-    import fcntl
-except ImportError:  # Windows: msvcrt byte-range locks instead (see _lock)
-    fcntl = None
-    import msvcrt
 
 __all__ = [
     "KERAS_URL", "KERAS_MD5", "KERAS_FILENAME", "ENV_WEIGHTS", "ENV_CACHE", "WeightsError",
@@ -446,85 +439,31 @@ def _download_lock(target: Path, *, progress: bool) -> Iterator[None]:
     created: list[Path] = []
     done = False
     try:
-        fd = _acquire(lock, created, progress=progress)
+        held = _acquire(lock, created, progress=progress)
         try:
             yield
             done = True
         finally:
-            _release(fd, lock)
+            held.release()
     finally:
         if not done:
             _remove_empty(created)
 
 
-def _acquire(lock: Path, created: list[Path], *, progress: bool) -> int:
-    """Opens and locks ``lock``, waiting for another holder; returns the open descriptor.
+def _acquire(lock: Path, created: list[Path], *, progress: bool) -> LockFile:
+    """Holds ``lock`` (:class:`nst_jax.lockfile.LockFile`), waiting for another process that holds it,
+    creating its folder first (again if another process's failed download removed it meanwhile)."""
+    def tell() -> None:
+        if progress:
+            print(f"nst_jax: another process is downloading {lock.stem} into {lock.parent}; "
+                  f"waiting for it (lock file {lock}).", file=sys.stderr, flush=True)
 
-    A holder removes the lock file while it still holds it, so a waiter may get
-    the lock of a removed file: it then retries on the current one, and two
-    processes never both hold the lock of the file at that path.
-    """
-    told = False
     while True:
         _make_dirs(lock.parent, created)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            if not _lock(fd, blocking=False):
-                if progress and not told:
-                    told = True
-                    print(f"nst_jax: another process is downloading {lock.stem} into {lock.parent}; "
-                          f"waiting for it (lock file {lock}).", file=sys.stderr, flush=True)
-                _lock(fd, blocking=True)
-            if _same_file(fd, lock):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
-def _lock(fd: int, *, blocking: bool) -> bool:
-    """Takes an exclusive lock on the open file ``fd``; False if not ``blocking`` and another process holds it."""
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            # A filesystem without locks: go on unlocked (the download stays atomic, only maybe done twice).
-        return True
-    while True:  # msvcrt locks byte 0; LK_NBLCK fails at once while another process holds it
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            if not blocking:
-                return False
-            time.sleep(0.1)
-
-
-def _release(fd: int, lock: Path) -> None:
-    """Removes the lock file and releases the lock."""
-    if fcntl is not None:
-        lock.unlink(missing_ok=True)  # while still locked: a waiter then sees a new file and retries (_acquire)
-        os.close(fd)  # releases the lock
-        return
-    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    os.close(fd)
-    with contextlib.suppress(OSError):  # Windows cannot remove a file another process has open: a waiter will
-        lock.unlink()
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is still the file at ``path``."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    fst = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+            return LockFile.acquire(lock, wait=True, on_wait=tell)
+        except FileNotFoundError:  # the folder was removed between the two
+            continue
 
 
 def _make_dirs(folder: Path, created: list[Path]) -> None:
