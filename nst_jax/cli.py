@@ -16,14 +16,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import batch_cli, canvas
+from nst_jax import api, batch_cli, canvas, optim, sweep
 from nst_jax.config import Settings
 from nst_jax.flags import (add_settings_arguments, error_message, fail, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
 from nst_jax.flags import flag as _flag
+from nst_jax.sweep import SWEEPABLE
+from nst_jax.weights import WeightsError
 
 COMMANDS = ("stylize", "batch", "sweep")
-SWEEPABLE = ("content_weight", "style_weight", "tv_weight")  # nst_jax.sweep.SWEEPABLE (not imported: fast --help)
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -151,9 +152,6 @@ def _canvas_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace, s:
 
 
 def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
-    from nst_jax import api, optim  # heavy imports after argument parsing (fast --help)
-    from nst_jax.weights import WeightsError
-
     received: list[int] = []
     if ns.output is None:
         fail(parser, "--output is required: the path of the image to write (e.g. --output out.png).")
@@ -186,8 +184,6 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
 
 
 def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
-    from nst_jax import optim, sweep  # heavy imports after argument parsing (fast --help)
-    from nst_jax.weights import WeightsError
 
     axes = {name: vars(ns)[name] for name in SWEEPABLE if name in vars(ns)}
     if not axes:
