@@ -184,7 +184,6 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
 
 
 def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
-
     axes = {name: vars(ns)[name] for name in SWEEPABLE if name in vars(ns)}
     if not axes:
         fail(parser, "give the values to sweep: one or more of --content-weight, --style-weight, --tv-weight, "
