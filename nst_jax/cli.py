@@ -9,6 +9,7 @@ flag with the same default and help text.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
@@ -16,15 +17,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import api, batch_cli, canvas, optim, sweep
+from nst_jax import __version__, aliases, api, batch_cli, canvas, images, optim, provenance, sweep
 from nst_jax.config import Settings
-from nst_jax.flags import (add_settings_arguments, error_message, fail, report_created_directory,
+from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
 from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep")
+COMMANDS = ("stylize", "batch", "sweep", "info")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -35,6 +36,12 @@ examples:
   nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 1000 --output grid.png
 
 Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
+"""
+SHORT_USAGE = """\
+usage: nst-jax --content PHOTO --style PAINTING --output OUT.png [options]
+       nst-jax COMMAND ...   (commands: stylize, batch, sweep, info)
+
+Try 'nst-jax --help' for the options and examples, or 'nst-jax COMMAND --help'.
 """
 SWEEP_DESCRIPTION = ("Stylize one image with every combination of the given --content-weight, --style-weight "
                      "and --tv-weight values in one compiled batch; writes a labelled grid and the final losses "
@@ -76,7 +83,22 @@ def _add_stylize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Replace an existing output (or snapshot) file that nst-jax did not write (default: "
                              "refuse; previous nst-jax outputs are always replaced, inputs never).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument("--from", dest="from_output", metavar="IMAGE",
+                        help="Rerun with the settings recorded in an nst-jax output (see nst-jax info); flags given "
+                             "here override them, and the recorded style images are used unless --style is given.")
     add_settings_arguments(parser)
+
+
+def _add_info_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="How an output was made (inputs, weights, settings, losses).",
+                                   description="Print what an nst-jax output records about how it was made: the "
+                                               "input images (with short hashes), the weights, the settings that "
+                                               "differ from the defaults, the final losses, the software and device.")
+    parser.set_defaults(run=_run_info)
+    parser.add_argument("image", help="An image written by nst-jax (PNG, JPEG, WebP or TIFF).")
+    parser.add_argument("--json", action="store_true", help="Print the recorded metadata as JSON.")
+    parser.add_argument("--all", action="store_true", help="List every setting, not only those that differ from "
+                                                           "the defaults.")
 
 
 def _add_sweep_parser(subparsers) -> None:
@@ -102,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     _add_stylize_arguments(parser)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
                                      help="stylize (the default), batch or sweep; see nst-jax COMMAND --help")
@@ -110,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
+    _add_info_parser(commands)
     return parser
 
 
@@ -119,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores warnings.showwarning afterwards
         warnings.showwarning = show_warning
         parser = build_parser()
+        if not argv:
+            parser.exit(2, SHORT_USAGE)
+        try:
+            argv, notes = aliases.translate(argv)
+        except aliases.AliasError as e:
+            fail(parser, str(e))
+        for note in notes:
+            print(f"nst-jax: note: {note}", file=sys.stderr)
         ns = parser.parse_args(argv)
         if ns.command is not None and argv[0] != ns.command:
             fail(parser, f"put the command first: nst-jax {ns.command} ... (flags before it are not "
@@ -151,12 +183,53 @@ def _canvas_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace, s:
     return s
 
 
+def _recorded(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The metadata of an nst-jax output, or exit with an error naming the file."""
+    try:
+        meta = images.read_metadata(path)
+    except images.ImageError as e:
+        fail(parser, str(e))
+    if not meta or "settings" not in meta:
+        fail(parser, f"'{path}' records no nst-jax settings: it was not written by nst-jax (or its metadata was "
+                     "stripped, e.g. by an image editor); pass the flags instead.")
+    return meta
+
+
+def _from_output(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Settings:
+    """``--from IMAGE``: the recorded settings with the flags given on top; the recorded style images unless
+    ``--style`` is given."""
+    meta = _recorded(parser, ns.from_output)
+    given = given_settings(ns)
+    settings, ignored = Settings.from_dict(meta["settings"], **given)
+    if ignored:
+        warnings.warn(f"'{ns.from_output}' records settings this version does not know, ignored: "
+                      f"{', '.join(ignored)}", stacklevel=1)
+    if ns.style is None:
+        styles = [i["path"] for i in meta.get("inputs", []) if i.get("role", "").startswith("style") and "path" in i]
+        missing = [p for p in styles if not Path(p).is_file()]
+        if missing:
+            fail(parser, f"the style image recorded in '{ns.from_output}' is not there any more: {missing[0]}; "
+                         "pass --style IMAGE.")
+        ns.style = styles or None
+    return settings
+
+
+def _run_info(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    meta = _recorded(parser, ns.image)
+    if ns.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    print(provenance.report(meta, all_settings=ns.all))
+    return 0
+
+
 def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     received: list[int] = []
     if ns.output is None:
         fail(parser, "--output is required: the path of the image to write (e.g. --output out.png).")
     try:
-        settings = _canvas_settings(parser, ns, settings_from_args(ns))
+        base = _from_output(parser, ns) if ns.from_output else settings_from_args(ns)
+        settings = _canvas_settings(parser, ns, base)
         if ns.content is None and settings.content_weight:
             fail(parser, f"--content is missing: pass --content IMAGE, or --content-weight 0 to synthesize a "
                          f"texture (canvas: --image-size by --aspect, or --size HxW); got --content-weight "
@@ -176,10 +249,10 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
             parser.exit(code, f"nst-jax: {e}.\n")
         parser.exit(code, "nst-jax: interrupted; no output was written.\n")
     last = result.history[-1]
-    print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
-          f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     for snap in result.snapshots:
         print(f"snapshot {snap}")
+    print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
+          f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     return 0
 
 

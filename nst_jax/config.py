@@ -9,6 +9,9 @@ Every field is checked when a ``Settings`` is made (types, ranges, and
 combinations where one setting would be ignored or fail later); a bad value
 raises :class:`SettingError`, whose message names the field (or, on the
 command line, its flag).
+
+Size: one field per option with its help text, then the check of every field and combination; a field and
+its check are kept in one file so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
 StyleLoss = Literal["gram", "w2"]
+
+
+#: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
+#: first field above it (the command line's help groups the flags so).
+SECTIONS = (("images", "image_size"), ("losses", "content_layers"), ("network", "weights"),
+            ("optimization", "num_iterations"), ("output", "print_every"))
 
 
 def _opt(default, help: str, **kw):
@@ -140,6 +149,29 @@ class Settings:
         """Plain JSON-able dict of the settings."""
         return {f.name: (list(v) if isinstance(v, tuple) else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: dict, **overrides) -> tuple["Settings", list[str]]:
+        """The settings a :meth:`to_dict` describes (e.g. an output's metadata), with ``overrides`` on top.
+
+        Returns:
+            ``(settings, ignored)``: ``ignored`` names the keys that are not settings of this version (a file
+            written by another version of nst_jax); they are left out.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        return cls(**{**known, **overrides}), sorted(set(values) - names)
+
+
+def section_of(name: str) -> str:
+    """The topic (:data:`SECTIONS`) of the :class:`Settings` field ``name``."""
+    starts = {first: topic for topic, first in SECTIONS}
+    topic = SECTIONS[0][0]
+    for f in dataclasses.fields(Settings):
+        topic = starts.get(f.name, topic)
+        if f.name == name:
+            return topic
+    raise KeyError(name)
 
 
 class SettingError(ValueError):

@@ -505,7 +505,7 @@ def _download_failed_message(url: str, target: Path, error: Exception) -> str:
         "Fix, if this machine is offline or the server is unreachable:\n"
         f"  - download {url} on another machine and copy it to {str(target)!r} "
         f"(the cache folder; set ${ENV_CACHE} to choose another), or\n"
-        f"  - point ${ENV_WEIGHTS} at the downloaded file (or pass its path as weights=...), or\n"
+        f"  - point ${ENV_WEIGHTS} at the downloaded file (or pass its path: --weights PATH / weights=PATH), or\n"
         "  - for smoke tests only, use random weights explicitly: weights='random' / --weights random.")
 
 
@@ -826,8 +826,9 @@ def _existing_file(path: PathLike) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise WeightsError(
-            f"weights file not found: {str(path)!r}. Fix: check the path, or pass weights=None to use "
-            f"${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or weights='random' for smoke tests.")
+            f"weights file not found: {str(path)!r}. Fix: check the path, or leave out --weights (weights=None) to "
+            f"use ${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or --weights random (weights='random') "
+            "for smoke tests.")
     if not path.is_file():
         raise WeightsError(f"weights path {str(path)!r} is not a file. Fix: pass the path of the .h5/.npz file.")
     if path.stat().st_size == 0:
