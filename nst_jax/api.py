@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import canvas, display, images, optim, provenance, vgg, weights
+from nst_jax import canvas, display, images, normalize, optim, provenance, vgg, weights
 from nst_jax.config import SettingError, Settings
 from nst_jax.objective import Objective, make_targets
 
@@ -124,7 +124,13 @@ def weights_used(spec: str | None) -> dict:
 
 
 def _weights_key(spec: str | None) -> str | None:
-    """``spec`` with ``$NST_JAX_WEIGHTS`` applied and a path made absolute: one cache entry per file."""
+    """``spec`` with ``$NST_JAX_WEIGHTS`` applied and a path made absolute: one cache entry per file.
+
+    ``"normalized"`` becomes the path of the normalized VGG-19 of the default weights, computed here on first
+    use (:func:`nst_jax.normalize.normalized_weights`), so outputs record that file and its provenance.
+    """
+    if spec == weights.NORMALIZED:
+        return str(normalize.normalized_weights())
     if spec is None:
         spec = os.environ.get("NST_JAX_WEIGHTS") or None
     if spec is not None and spec != "random":

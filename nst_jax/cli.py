@@ -1,7 +1,8 @@
 """Command line: one parser with subcommands; argument parsing only, the work is done by the library.
 
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
-:mod:`nst_jax.batch_cli` adds that subcommand) and ``nst-jax sweep`` (a grid of loss weights). The settings
+:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights) and ``nst-jax
+normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`). The settings
 flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 """
@@ -17,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import __version__, aliases, api, batch_cli, canvas, images, optim, provenance, sweep
+from nst_jax import __version__, aliases, api, batch_cli, canvas, images, normalize, optim, provenance, sweep
 from nst_jax.config import Settings
 from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
@@ -25,7 +26,7 @@ from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "info")
+COMMANDS = ("stylize", "batch", "sweep", "info", "normalize-weights")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -37,9 +38,9 @@ examples:
 
 Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
 """
-SHORT_USAGE = """\
+SHORT_USAGE = f"""\
 usage: nst-jax --content PHOTO --style PAINTING --output OUT.png [options]
-       nst-jax COMMAND ...   (commands: stylize, batch, sweep, info)
+       nst-jax COMMAND ...   (commands: {', '.join(COMMANDS)})
 
 Try 'nst-jax --help' for the options and examples, or 'nst-jax COMMAND --help'.
 """
@@ -120,20 +121,22 @@ def _add_sweep_parser(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
-    subcommands ``stylize``, ``batch`` and ``sweep``."""
+    subcommands ``stylize``, ``batch``, ``sweep`` and ``normalize-weights``."""
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     _add_stylize_arguments(parser)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
-                                     help="stylize (the default), batch or sweep; see nst-jax COMMAND --help")
+                                     help=f"one of {', '.join(COMMANDS)} (stylize is the default); see "
+                                          "nst-jax COMMAND --help")
     stylize = commands.add_parser("stylize", help=STYLIZE_DESCRIPTION, description=STYLIZE_DESCRIPTION,
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
     _add_info_parser(commands)
+    _add_normalize_parser(commands)
     return parser
 
 
@@ -276,6 +279,57 @@ def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     for weights, r in zip(result.cells, result.results):
         last = r.history[-1]
         print(f"  {', '.join(sweep.label(weights))}: loss {last.total:.6g} ({last.iteration} iterations)")
+    return 0
+
+
+NORMALIZE_DESCRIPTION = (
+    "Write the normalized VGG-19 (Novak & Nikulin's activation shift -1 assumes it): the weights rescaled so that "
+    "every channel's mean post-ReLU activation over a set of images (the bundled examples and --images) and all "
+    "positions is 1. The .npz records its provenance (source weights, images, size, pooling, scales); pass it "
+    "with --weights FILE. --weights normalized computes the default one on first use.")
+NORMALIZE_EXAMPLES = """\
+examples:
+  nst-jax normalize-weights                 # the file --weights normalized uses, in the weights cache
+  nst-jax normalize-weights --images photos/ --size 512 --output vgg19_normalized.npz
+  nst-jax normalize-weights --weights random --size 64 --output random_normalized.npz   # smoke test
+"""
+
+
+def _add_normalize_parser(subparsers) -> None:
+    parser = subparsers.add_parser("normalize-weights", help="Write the normalized VGG-19 (unit mean activations).",
+                                   description=NORMALIZE_DESCRIPTION, epilog=NORMALIZE_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_normalize)
+    parser.add_argument("--weights", help="The weights to normalize: a .h5/.npz file or 'random' (default: "
+                                          "$NST_JAX_WEIGHTS, then the cache, then download, as nst-jax).")
+    parser.add_argument("--images", nargs="+", action="extend", default=[], metavar="IMAGE",
+                        help="Images to measure on besides the bundled examples: files, folders, glob patterns or "
+                             "text files listing one image per line.")
+    parser.add_argument("--no-examples", action="store_true",
+                        help="Measure on --images only, without the bundled example images.")
+    parser.add_argument("--size", type=int, default=normalize.DEFAULT_SIZE, metavar="PX",
+                        help="Long side the images are resized to (default: %(default)s).")
+    parser.add_argument("--pooling", choices=("avg", "max"), default=normalize.DEFAULT_POOLING,
+                        help="Pooling of the measuring network (default: %(default)s, as the paper's base code).")
+    parser.add_argument("--output", help="The .npz to write (default: the weights cache, named after the source "
+                                         "weights' MD5 and the images, size and pooling; with the defaults it is "
+                                         "the file --weights normalized reads).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file.")
+
+
+def _run_normalize(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    try:
+        sources = [path for spec in ns.images for path in images.list_images(spec)]
+        result = normalize.normalize_weights(ns.output, ns.weights, sources, examples=not ns.no_examples,
+                                             size=ns.size, pooling=ns.pooling, overwrite=ns.overwrite)
+    except (ValueError, WeightsError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(signal.SIGINT), f"{parser.prog}: interrupted; no file was written.\n")
+    meta = result.metadata
+    print(f"wrote {result.path}: normalized VGG-19 of {normalize.describe_source(meta['source'])} on "
+          f"{len(meta['images'])} image(s) at {meta['size']} px, {meta['pooling']} pooling; "
+          f"{meta['dead_channels']} channel(s) never active (kept at scale 1)")
     return 0
 
 

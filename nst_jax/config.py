@@ -86,8 +86,10 @@ class Settings:
                 "with nst_jax.terms.register.")
 
     # --- network
-    weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), or unset "
-                                     "for $NST_JAX_WEIGHTS, then the cache, then download.")
+    weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), 'normalized' "
+                                     "(the unset choice rescaled to unit mean activations, computed once and "
+                                     "cached; see nst-jax normalize-weights), or unset for $NST_JAX_WEIGHTS, then "
+                                     "the cache, then download.")
     pooling: Literal["max", "avg"] = _opt("max", "Pooling of VGG-19.")
     padding: Literal["zero", "reflect"] = _opt("zero", "Padding of VGG-19's convolutions.")
     precision: Precision | None = _opt(None, "Matmul/conv precision (default/high/highest); unset = backend default.")
@@ -381,7 +383,8 @@ def _validate(s: Settings) -> None:
         _set(s, name, _choice(name, getattr(s, name)))
     for name in ("original_colors", "remat"):
         _set(s, name, _flag(name, getattr(s, name)))
-    _set(s, "weights", _path("weights", s.weights, "a weights file path (.h5 or .npz), 'random', or None"))
+    _set(s, "weights", _path("weights", s.weights,
+                             "a weights file path (.h5 or .npz), 'random', 'normalized', or None"))
     _set(s, "init_image", _path("init_image", s.init_image, "an image file path or None"))
     _set(s, "image_size", _integer("image_size", s.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
     for name, lo in (("num_iterations", 0), ("lbfgs_history", 1), ("chunk_size", 1), ("print_every", 0),
