@@ -41,7 +41,7 @@ LineSearch = Literal["none", "zoom", "backtracking", "jaxopt"]
 Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
-StyleLoss = Literal["gram", "w2"]
+StyleLoss = Literal["gram", "w2", "mrf"]
 
 
 #: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
@@ -80,10 +80,20 @@ class Settings:
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
     style_loss: StyleLoss = _opt(
-        "gram", "Style statistic: 'gram' (Gram matrices, neural-style) or 'w2' (Wasserstein-2 distance between "
+        "gram", "Style statistic: 'gram' (Gram matrices, neural-style), 'w2' (Wasserstein-2 distance between "
                 "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
-                "another scale than 'gram': retune style_weight); from Python also any style kind registered "
-                "with nst_jax.terms.register.")
+                "another scale than 'gram': retune style_weight) or 'mrf' (CNN-MRF, Li & Wand: each 3x3 patch of "
+                "activations pulled to its nearest style patch; CNNMRF's layers relu3_1 relu4_1, content layer "
+                "relu4_2, its weights and augmentation are nst_jax.mrf.RECOMMENDED); from Python also any style "
+                "kind registered with nst_jax.terms.register.")
+    mrf_stride: int = _opt(1, "style_loss='mrf': stride of the 3x3 patches taken from the style's activations (2 "
+                              "keeps about a quarter of them, as CNNMRF, for large style images).")
+    mrf_rotations: tuple[float, ...] = _opt(
+        (0.0,), "style_loss='mrf': rotations of the style image, in degrees counter-clockwise, whose patches are "
+                "matched (each cropped to its inner rectangle; CNNMRF: -7.5 0 7.5).")
+    mrf_scales: tuple[float, ...] = _opt(
+        (1.0,), "style_loss='mrf': scales of each rotated style image whose patches are matched (CNNMRF: "
+                "0.952 1 1.05).")
 
     # --- network
     weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), 'normalized' "
@@ -274,6 +284,9 @@ _CHOICES = {
     "conv_algorithm": ("auto", "direct", "winograd"),
 }
 
+#: Each field's default (settings that are only used with another one must keep it otherwise).
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
 # Upper bounds. Iteration counts and intervals are traced as int32 in the compiled loop; weights, rates and
 # tolerances are used in float32, whose largest finite value is 3.4e+38.
 _INT32_MAX = 2**31 - 1
@@ -378,6 +391,16 @@ def _weights(name, values, count=None, what=""):
     return vals
 
 
+def _numbers(name, values, lo: float, hi: float, what: str) -> tuple[float, ...]:
+    """One or more numbers in ``[lo, hi]`` (a single number is a list of one)."""
+    items = [values] if isinstance(values, numbers.Real) and not isinstance(values, bool) else \
+        _items(name, values, what)
+    vals = tuple(_real(name, v) for v in items)
+    if not vals or not all(lo <= v <= hi for v in vals):
+        raise SettingError("{0} must be one or more " + what + ", got {got!r}.", name, got=values)
+    return vals
+
+
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
@@ -399,6 +422,10 @@ def _validate(s: Settings) -> None:
         _set(s, name, _real(name, getattr(s, name), nonneg=True))
     _set(s, "activation_shift", _real("activation_shift", s.activation_shift))
     _set(s, "style_loss", _style_loss(s.style_loss))
+    _set(s, "mrf_stride", _integer("mrf_stride", s.mrf_stride, 1, 64))
+    _set(s, "mrf_rotations", _numbers("mrf_rotations", s.mrf_rotations, -45.0, 45.0,
+                                      "angles in degrees between -45 and 45"))
+    _set(s, "mrf_scales", _numbers("mrf_scales", s.mrf_scales, 0.25, 4.0, "scales between 0.25 and 4"))
     if s.aspect is not None:
         _set(s, "aspect", _positive("aspect", s.aspect))
     for name in ("style_scale", "epsilon"):
@@ -473,6 +500,10 @@ def _validate_combinations(s: Settings) -> None:
         raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
                            "leave {activation_shift} at 0.", "activation_shift", "style_loss",
                            style_loss=s.style_loss)
+    for name in ("mrf_stride", "mrf_rotations", "mrf_scales"):
+        if s.style_loss != "mrf" and getattr(s, name) != _DEFAULTS[name]:
+            raise SettingError("{0} is only used with {style_loss='mrf'}, got {style_loss=}: add {style_loss='mrf'} "
+                               "or leave {0} unset.", name, "style_loss", style_loss=s.style_loss)
     if s.init == "image" and not s.init_image:
         raise SettingError("{init=} needs {init_image}: the path of the image to start from.",
                            "init", "init_image", init=s.init)

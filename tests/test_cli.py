@@ -91,6 +91,9 @@ NON_DEFAULT = {
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
     "style_loss": (["--style-loss", "w2"], "w2"),
+    "mrf_stride": (["--style-loss", "mrf", "--mrf-stride", "2"], 2),
+    "mrf_rotations": (["--style-loss", "mrf", "--mrf-rotations", "-7.5", "0", "7.5"], (-7.5, 0.0, 7.5)),
+    "mrf_scales": (["--style-loss", "mrf", "--mrf-scales", "0.9", "1"], (0.9, 1.0)),
     "weights": (["--weights", "random"], "random"),
     "pooling": (["--pooling", "avg"], "avg"),
     "padding": (["--padding", "reflect"], "reflect"),
@@ -138,7 +141,8 @@ def test_flags_match_settings_fields_exactly():
 
 
 # Settings that are only used together with another one (setting them alone is an error).
-NEEDS = {"init_image": "init", "scale_iterations": "scales"}
+NEEDS = {"init_image": "init", "scale_iterations": "scales", "mrf_stride": "style_loss", "mrf_rotations": "style_loss",
+         "mrf_scales": "style_loss"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
