@@ -352,7 +352,9 @@ def plan_summary(job: BatchJob, paths: Sequence[Path], inputs, style, settings: 
     """
     summary = JobSummary(job.output_dir, [ImageStatus(str(p), str(job.output_path(p))) for p in paths],
                          inputs=str(inputs) if isinstance(inputs, (str, os.PathLike)) else "",
-                         styles=style_names(style), settings=settings.to_dict(), runner=runner, weights=weights)
+                         styles=style_names(style), settings=settings.to_dict(), runner=runner, weights=weights,
+                         style_files=provenance.describe_inputs(
+                             ("style image", s) for s in (style if isinstance(style, (list, tuple)) else [style])))
     summary.done_by_others = job.done_by_others
     clean_stale_files(job.output_dir, [job.output_path(p).name for p in paths] + [SUMMARY_NAME])
     return summary, plan_job(job, paths, summary)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nst_jax import images
+from nst_jax import images, provenance
 from nst_jax.lockfile import LockFile
 
 __all__ = ["Claim", "DiskFullError", "ImageStatus", "JOURNAL_NAME", "JobSummary", "SUMMARY_NAME", "append_journal",
@@ -254,6 +254,7 @@ class JobSummary:
     styles: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # weights.describe: file path and MD5, or random and seed
+    style_files: list[dict] = field(default_factory=list)  # provenance.describe_inputs: paths and short hashes
     runner: str = "local"
     started: str = field(default_factory=lambda: now())
     finished: str | None = None
@@ -291,8 +292,10 @@ class JobSummary:
         return {"version": 1, "runner": self.runner, "started": self.started, "finished": self.finished,
                 "interrupted": self.interrupted, "stopped": self.stopped, "inputs": self.inputs,
                 "output_dir": str(self.output_dir),
-                "styles": self.styles, "settings": self.settings, "weights": self.weights, "totals": self.totals(),
-                "host": platform.node(), "images": [r.as_dict() for r in self.rows]}
+                "styles": self.styles, "style_files": self.style_files, "settings": self.settings,
+                "weights": self.weights, "totals": self.totals(),
+                "host": platform.node(), "environment": provenance.environment(),
+                "images": [r.as_dict() for r in self.rows]}
 
     def write(self) -> Path:
         """Writes the summary atomically (a temp file renamed over it), merged with the one in the folder.
