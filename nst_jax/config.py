@@ -9,6 +9,12 @@ Every field is checked when a ``Settings`` is made (types, ranges, and
 combinations where one setting would be ignored or fail later); a bad value
 raises :class:`SettingError`, whose message names the field (or, on the
 command line, its flag).
+
+``method`` names a preset (:mod:`nst_jax.presets`): the fields it sets take
+its values unless they are given explicitly, so ``Settings(method="chain",
+pooling="max")`` keeps max pooling. A ``Settings`` remembers which fields were
+given (:attr:`Settings.explicit`); :meth:`Settings.replace` keeps those and
+takes the others from the (new) method or the defaults.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from nst_jax import terms, vgg
+from nst_jax import presets, terms, vgg, weighting
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
@@ -39,6 +45,7 @@ Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
 StyleLoss = Literal["gram", "w2"]
+LayerWeighting = Literal["uniform", "geometric"]  # weighting.WEIGHTINGS
 
 
 def _opt(default, help: str, **kw):
@@ -47,7 +54,14 @@ def _opt(default, help: str, **kw):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every option of a stylization, with neural-style's defaults."""
+    """Every option of a stylization, with neural-style's defaults (or a method preset's, see ``method``)."""
+
+    # --- method
+    method: str | None = _opt(
+        None, "Method preset (Novak & Nikulin's Table 2, and CNN-MRF): one of " + ", ".join(presets.NAMES)
+              + "; sets the layers, layer weighting, activation shift, pooling, init and loss weights of that "
+                "method (see the README's table); settings given explicitly override it. Unset: no preset.",
+        choices=presets.NAMES)
 
     # --- images
     image_size: int = _opt(512, "Long side of the output in pixels (the content image is resized to it; "
@@ -68,6 +82,11 @@ class Settings:
     tv_weight: float = _opt(1e-3, "Weight of the total-variation regularizer (0 disables it).")
     content_layer_weights: tuple[float, ...] | None = _opt(None, "Per content layer weights; default all 1.")
     style_layer_weights: tuple[float, ...] | None = _opt(None, "Per style layer weights; default all 1.")
+    layer_weighting: LayerWeighting = _opt(
+        "uniform", "Per-layer weights when content_layer_weights / style_layer_weights are unset: 'uniform' (all 1) "
+                   "or 'geometric' (Novak & Nikulin: in depth order, style 2^(D-d), content 2^d, each divided by "
+                   "its sum; pairs of layers ordered by their deeper layer, then the shallower). Explicit "
+                   "per-layer weights replace it for their family.")
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
     style_loss: StyleLoss = _opt(
@@ -122,12 +141,29 @@ class Settings:
     print_every: int = _opt(50, "Record/print the losses every N iterations (0 = only first and last).")
     save_every: int = _opt(0, "Write a snapshot every N iterations (0 = never).")
 
+    def __new__(cls, *args, **kwargs):
+        # Which fields the caller gives: the method preset fills in only the others (__post_init__).
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
+        return self
+
     def __post_init__(self):
+        _apply_method(self)
         _validate(self)
 
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The fields given when these settings were made; the others are the method's or the defaults."""
+        return self.__dict__.get("_given", frozenset())
+
     def replace(self, **changes) -> "Settings":
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated). The fields given explicitly when these settings were
+        made keep their values, and with ``changes`` are the copy's explicit fields; the others come from the
+        copy's ``method`` (a new one if ``changes`` sets it) or are the defaults. (``dataclasses.replace`` keeps
+        every value: there every field counts as given, and a new method changes nothing else.)"""
+        kept = {name: getattr(self, name) for name in self.explicit}
+        return type(self)(**{**kept, **changes})
 
     @property
     def step_size(self) -> float:
@@ -238,6 +274,8 @@ _CHOICES = {
     "precision": (None, "default", "high", "highest"),
     "dtype": ("float32", "bfloat16"),
     "conv_algorithm": ("auto", "direct", "winograd"),
+    "layer_weighting": weighting.WEIGHTINGS,
+    "method": (None, *presets.NAMES),
 }
 
 # Upper bounds. Iteration counts and intervals are traced as int32 in the compiled loop; weights, rates and
@@ -342,6 +380,27 @@ def _weights(name, values, count=None, what=""):
         raise SettingError("{0} has {n} value(s) but there are {count} {what}; give one per {one}.", name,
                            n=len(vals), count=count, what=what, one=what[:-1])
     return vals
+
+
+def _apply_method(s: Settings) -> None:
+    """Sets the fields of ``s.method``'s preset that were not given explicitly to the preset's values."""
+    if s.method is None:
+        return
+    _set(s, "method", _choice("method", s.method))
+    preset = presets.get(s.method)
+    names = {f.name for f in dataclasses.fields(s)}
+    for name, value in preset.values.items():
+        if name in s.explicit:
+            continue
+        if name not in names:
+            raise SettingError("{method=} needs the setting {name}, which this version of nst_jax does not have: "
+                               "choose another {method}.", "method", method=s.method, name=name)
+        _set(s, name, value)
+    kind = preset.values.get("style_loss")
+    if kind is not None and "style_loss" not in s.explicit and kind not in terms.kinds("style"):
+        raise SettingError("{method=} needs the style loss {kind!r}, which is not registered (registered: "
+                           "{registered}): register it with nst_jax.terms.register, or choose another {method}.",
+                           "method", method=s.method, kind=kind, registered=", ".join(terms.kinds("style")))
 
 
 def _validate(s: Settings) -> None:

@@ -45,17 +45,21 @@ def _strip_optional(tp):
     return tp
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collection[str] = ()) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collection[str] = (),
+                           exclude: Collection[str] = ()) -> None:
     """Adds one flag per :class:`Settings` field (defaults and help from the dataclass).
 
     Args:
         parser: the parser (or subparser) to add the flags to.
         several: names of number fields that take one or more values here (``nst-jax sweep``: one grid cell
             per value); their values come back as lists, which :func:`settings_from_args` does not read.
+        exclude: names of fields that get no flag here (the subcommand sets them otherwise).
     """
     hints = typing.get_type_hints(Settings)
     group = parser.add_argument_group("settings (see nst_jax.Settings)")
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         tp = _strip_optional(hints[f.name])
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
         kw["help"] += f" (default: {_show(f.default)})"
@@ -67,6 +71,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
             kw["help"] += "; several values: one grid cell per value (every combination with the other swept flags)"
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("choices"):  # a str field whose values are listed elsewhere (method: the presets)
+            kw.update(type=tp, choices=[c for c in f.metadata["choices"] if c is not None])
         elif origin is typing.Literal:
             kw["choices"] = list(typing.get_args(tp))
         elif origin is tuple:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import conv, vgg
+from nst_jax import conv, vgg, weighting
 from nst_jax.config import Settings
 from nst_jax.terms import INPUT, Term
 
@@ -122,7 +122,8 @@ class Objective:
                    dtype=s.dtype, conv_algorithm=conv.resolve_algorithm(s.conv_algorithm))
 
     def weights(self, s: Settings) -> dict[str, np.ndarray]:
-        """The traced weights of each term from settings: global weight times per-layer weights.
+        """The traced weights of each term from settings: global weight times per-layer weights (explicit, or
+        from ``s.layer_weighting``: :func:`nst_jax.weighting.settings_weights`).
 
         Returns:
             ``{term name: (n_layers,) array}`` (float64 on the host; float32 once traced, unless x64 is on).
@@ -131,8 +132,9 @@ class Objective:
         for t in self.terms:
             if t.name not in SETTINGS_WEIGHTS:
                 raise ValueError(f"term {t.name!r} has no weight among the settings; pass weights explicitly.")
-            scale, per_layer = SETTINGS_WEIGHTS[t.name]
-            per_layer = (getattr(s, per_layer) if per_layer else None) or (1.0,) * len(t.layers)
+            scale = SETTINGS_WEIGHTS[t.name][0]
+            # explicit per-layer weights, else those of s.layer_weighting (uniform: 1 each)
+            per_layer = weighting.settings_weights(s, t.name, t.layers)
             out[t.name] = np.asarray([getattr(s, scale) * w for w in per_layer], np.float64)
         return out
 

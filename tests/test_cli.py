@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nst_jax import cli, images
+from nst_jax import cli, images, presets
 from nst_jax.config import Settings
 
 ROOT = Path(__file__).parents[1]
@@ -75,6 +75,7 @@ def test_help_shows_every_default(capsys):
 
 # One non-default value per setting: the flags that set it and the value it must get.
 NON_DEFAULT = {
+    "method": (["--method", "classic"], "classic"),
     "image_size": (["--image-size", "100"], 100),
     "style_scale": (["--style-scale", "0.5"], 0.5),
     "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
@@ -87,6 +88,7 @@ NON_DEFAULT = {
     "tv_weight": (["--tv-weight", "0"], 0.0),
     "content_layer_weights": (["--content-layer-weights", "2"], (2.0,)),
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
+    "layer_weighting": (["--layer-weighting", "geometric"], "geometric"),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
     "style_loss": (["--style-loss", "w2"], "w2"),
     "weights": (["--weights", "random"], "random"),
@@ -144,7 +146,8 @@ def test_each_flag_sets_its_field(name):
     s = _settings_of(argv)
     assert getattr(s, name) == expected != getattr(Settings(), name)
     changed = [f.name for f in dataclasses.fields(Settings) if getattr(s, f.name) != getattr(Settings(), f.name)]
-    assert set(changed) == {name, NEEDS.get(name, name)}
+    preset = set(presets.get(expected).values) if name == "method" else set()  # a method sets its preset's fields
+    assert {name, NEEDS.get(name, name)} <= set(changed) <= {name, NEEDS.get(name, name)} | preset
 
 
 def test_boolean_flags_can_be_turned_off():
