@@ -259,7 +259,7 @@ def test_help_lists_the_subcommands(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("stylize", "batch", "sweep"):
+    for command in ("stylize", "batch", "sweep", "layers", "compare"):
         assert f"    {command} " in out
 
 

@@ -111,9 +111,13 @@ def test_command_line_flags_override_the_preset():
     assert (s.pooling, s.layer_weighting) == ("avg", "geometric")
 
 
-def test_help_lists_the_methods():
+def test_help_and_readme_list_the_methods():
     text = " ".join(cli.build_parser().format_help().split())
     assert "--method {" + ",".join(presets.NAMES) + "}" in text
+    readme = (ROOT / "README.md").read_text()
+    assert presets.markdown_table() in readme
+    for name in presets.NAMES:
+        assert f"| `{name}` |" in readme
 
 
 # Every preset end to end at 64 px with random weights: compiled, and the loss goes down from the content image.

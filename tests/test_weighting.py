@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from nst_jax import weighting
+from nst_jax import cli, weighting
 from nst_jax.config import SettingError, Settings
 from nst_jax.objective import Objective
 
@@ -76,3 +76,44 @@ def test_geometric_in_the_objective_and_explicit_weights_win():
 def test_bad_weighting_names_the_setting():
     with pytest.raises(SettingError, match="layer_weighting must be one of 'uniform', 'geometric'"):
         Settings(layer_weighting="exponential")
+
+
+def _table(capsys, *argv) -> dict[str, list[str]]:
+    assert cli.main(["layers", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["entry", "index", "channels", "side", "blurs", "content", "style"]
+    rows = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_layers_command_chain_geometric(capsys):
+    rows = _table(capsys, "--layers", "chain", "--weighting", "geometric", "--image-size", "64")
+    assert len(rows) == 16 + 15  # the content layers (those the links read) and the links
+    assert rows["relu1_2:relu1_1"] == ["2:1", "64:64", "64:64", "1", "-", f"{2 ** 14 / (2 ** 15 - 1):.6g}"]
+    assert rows["relu2_1:relu1_2"] == ["3:2", "128:64", "32:64", "1", "-", f"{2 ** 13 / (2 ** 15 - 1):.6g}"]
+    assert rows["relu5_4:relu5_3"][-1] == f"{1 / (2 ** 15 - 1):.6g}"
+    assert rows["relu1_1"] == ["1", "64", "64", "0", f"{2 / (2 ** 17 - 2):.6g}", "-"]
+    assert rows["relu5_4"] == ["16", "512", "4", "0", f"{2 ** 16 / (2 ** 17 - 2):.6g}", "-"]
+
+
+def test_layers_command_defaults_and_lists(capsys):
+    rows = _table(capsys)
+    assert list(rows) == ALL16 and all(r[-2:] == [f"{1 / 16:.6g}"] * 2 for r in rows.values())
+    assert rows["relu3_1"][:3] == ["5", "256", "128"]  # 512 px: two poolings before block 3
+    rows = _table(capsys, "--layers", "relu2_1:relu1_1,relu3_1", "--content-layers", "relu4_2",
+                  "--image-size", "37")
+    assert list(rows) == ["relu2_1:relu1_1", "relu3_1", "relu4_2"]
+    assert rows["relu2_1:relu1_1"][:4] == ["3:1", "128:64", "18:37", "2"]  # odd sizes floor; two blurs
+    assert rows["relu3_1"][1:] == ["256", "9", "0", "-", "0.5"] and rows["relu4_2"][-2:] == ["1", "-"]
+
+
+def test_layers_command_errors_name_its_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["layers", "--layers", "relu9_9"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--layers" in err and "relu9_9" in err and err.count("\n") == 1, err
