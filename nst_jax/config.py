@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from nst_jax import presets, terms, vgg, weighting
+from nst_jax import layersets, presets, terms, weighting
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
@@ -75,8 +75,13 @@ class Settings:
                                       "synthesis, content_weight 0; the long side is image_size); default 1.")
 
     # --- losses
-    content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted).")
-    style_layers: tuple[str, ...] = _opt(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "Style layers.")
+    content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted; 'all' = the 16 "
+                                                         "conv layers' ReLUs).")
+    style_layers: tuple[str, ...] = _opt(
+        ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        "Style layers, or pairs of layers 'relu2_1:relu1_2' (cross-layer Gram matrices, Novak & Nikulin §3.4), or "
+        "the sets 'all' (the 16 conv layers), 'chain' (the 15 pairs of neighbouring conv layers, §3.5), "
+        "'all-to-content' (every conv layer paired with relu4_2, §3.4), mixed freely.")
     content_weight: float = _opt(5.0, "Weight of the content loss.")
     style_weight: float = _opt(100.0, "Weight of the style loss.")
     tv_weight: float = _opt(1e-3, "Weight of the total-variation regularizer (0 disables it).")
@@ -89,6 +94,13 @@ class Settings:
                    "per-layer weights replace it for their family.")
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
+    style_blur: bool = _opt(False, "Blurred correlations (ref. Novak & Nikulin §3.6): in each pair of style_layers "
+                                   "the deeper layer's map is box-blurred (3x3 mean) once per conv layer between the "
+                                   "two (once for a chain link) before its Gram with the shallower one; style_loss "
+                                   "'gram' with at least one pair.")
+    style_adjacent: bool = _opt(False, "Experimental (ref. Novak & Nikulin §4.3, 'Chain Extended'): Gram matrices "
+                                       "also between each position and its 8 neighbours (one per offset, 9x the "
+                                       "entries), for single style layers and pairs; style_loss 'gram'.")
     style_loss: StyleLoss = _opt(
         "gram", "Style statistic: 'gram' (Gram matrices, neural-style) or 'w2' (Wasserstein-2 distance between "
                 "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
@@ -359,12 +371,13 @@ def _items(name, value, what):
 
 
 def _layers(name, value) -> tuple[str, ...]:
+    """Canonical layer entries: names, pairs ``"deep:shallow"``, and the sets of :mod:`nst_jax.layersets`."""
     names = value if isinstance(value, str) else _items(name, value, "VGG-19 layer names")
     if not isinstance(names, str) and not all(isinstance(n, str) for n in names):
         raise SettingError("{0} must be a list of VGG-19 layer names (e.g. ('relu4_2',)), got {got!r}.",
                            name, got=value)
     try:
-        return vgg.canonical_layers(names)
+        return layersets.canonical_entries(names)
     except ValueError as e:
         raise SettingError("{0}: {why}", name, why=e) from None
 
@@ -406,7 +419,7 @@ def _apply_method(s: Settings) -> None:
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
-    for name in ("original_colors", "remat"):
+    for name in ("original_colors", "remat", "style_blur", "style_adjacent"):
         _set(s, name, _flag(name, getattr(s, name)))
     _set(s, "weights", _path("weights", s.weights, "a weights file path (.h5 or .npz), 'random', or None"))
     _set(s, "init_image", _path("init_image", s.init_image, "an image file path or None"))
@@ -493,6 +506,7 @@ def _style_loss(value) -> str:
 
 def _validate_combinations(s: Settings) -> None:
     """Settings that are each valid but do not go together (one would be ignored, or fail later)."""
+    _validate_pairs(s)
     if s.activation_shift and s.style_loss != "gram":
         raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
                            "leave {activation_shift} at 0.", "activation_shift", "style_loss",
@@ -523,6 +537,34 @@ def _validate_combinations(s: Settings) -> None:
         raise SettingError("{style_scale=} makes the style images {px} px (long side) at {image_size=}; at "
                            "most {hi} px.", "style_scale", "image_size", style_scale=s.style_scale,
                            image_size=s.image_size, px=style_px, hi=MAX_IMAGE_SIZE)
+
+
+def _validate_pairs(s: Settings) -> None:
+    """Pair entries only where a statistic reads them; blur and adjacent offsets only for Gram matrices."""
+    content_pairs = [e for e in s.content_layers if layersets.is_pair(e)]
+    if content_pairs:
+        raise SettingError("{0} takes single layers ('all' included), got the pair {pair!r}: pairs of layers and "
+                           "the sets 'chain' and 'all-to-content' are style statistics ({1}).",
+                           "content_layers", "style_layers", pair=content_pairs[0])
+    for name in ("style_blur", "style_adjacent"):
+        if getattr(s, name) and s.style_loss != "gram":
+            raise SettingError("{0} only applies to Gram matrices ({style_loss='gram'}), got {style_loss=}: leave "
+                               "{0} off.", name, "style_loss", style_loss=s.style_loss)
+    pairs = [e for e in s.style_layers if layersets.is_pair(e)]
+    if pairs and not terms.get(s.style_loss).pairs:
+        raise SettingError("{style_loss=} reads single layers, but {style_layers} has the pair {pair!r}: use "
+                           "{style_loss='gram'} (cross-layer Gram matrices) or single layers.",
+                           "style_loss", "style_layers", style_loss=s.style_loss, pair=pairs[0])
+    if s.style_blur:
+        if not pairs:
+            raise SettingError("{0} blurs the deeper map of a pair of layers, but {1} has no pair: add pairs "
+                               "such as 'relu2_1:relu1_2' or the set 'chain', or leave {0} off.",
+                               "style_blur", "style_layers")
+        for entry in pairs:
+            try:
+                layersets.blur_count(entry)
+            except ValueError as e:
+                raise SettingError("{0} with {1}: {why}", "style_blur", "style_layers", why=e) from None
 
 
 def stages(s: Settings) -> list[tuple[int, int]]:

@@ -3,17 +3,20 @@
 ``Objective`` is a frozen, hashable description of the loss: the network options and a tuple of
 :class:`nst_jax.terms.Term` (which statistic, which layers). It is a static argument of the jitted
 functions, so the same structure reuses the same compiled code. Everything a user sweeps is traced: the
-targets pytree holds, per term, its target statistics and its weights (global weight times per-layer
+targets pytree holds, per term, its target statistics and its weights (global weight times per-entry
 weights)::
 
     targets = {"content": {"target": {layer: (H_l, W_l, C_l)}, "weight": (n_layers,)},
-               "style":   {"target": {layer: (C_l, C_l)},      "weight": (n_layers,)},
+               "style":   {"target": {entry: (C_a, C_b)},      "weight": (n_entries,)},
                "tv":      {"target": {},                       "weight": (1,)}}
 
 so changing a weight or a target never recompiles, and ``vmap`` batches over them (weight sweeps).
 Targets are computed once, outside the optimization loop (:func:`make_targets`). A term whose global
 weight is 0 is left out of the structure (no content image is then needed for "content", no style image
 for "style"). All functions take one image; batches are ``jax.vmap`` of the same functions.
+
+An entry is a layer, or a pair of layers ``"deep:shallow"`` (a cross-layer statistic; see
+:mod:`nst_jax.layersets`) whose kind receives the features ``(F_shallow, F_deep)``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import conv, vgg, weighting
+from nst_jax import conv, layersets, vgg, weighting
 from nst_jax.config import Settings
 from nst_jax.terms import INPUT, Term
 
@@ -108,13 +111,15 @@ class Objective:
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
         """The terms of ``s``: content (MSE), style (``s.style_loss``) and total variation, each only if its
-        weight is not 0."""
+        weight is not 0. A Gram style term takes the activation shift, and ``blur``/``adjacent`` when
+        ``s.style_blur``/``s.style_adjacent`` are set (left out otherwise, so the classic term is unchanged)."""
         found = []
         if s.content_weight:
             found.append(Term.make("mse", "content", s.content_layers))
         if s.style_weight:
             # A Gram matrix's options; other statistics take none from the settings.
             opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss == "gram" else {}
+            opts.update((k, True) for k, on in (("blur", s.style_blur), ("adjacent", s.style_adjacent)) if on)
             found.append(Term.make(s.style_loss, "style", s.style_layers, **opts))
         if s.tv_weight:
             found.append(Term.make("tv", "tv", (INPUT,)))
@@ -151,12 +156,14 @@ class Objective:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """Every VGG-19 layer the loss reads, in network order (the input image is not a layer)."""
-        return _network_layers(l for t in self.terms for l in t.layers)
+        """Every VGG-19 layer the loss reads (both members of a pair entry), in network order (the input image
+        is not a layer)."""
+        return _network_layers(m for t in self.terms for l in t.layers for m in layersets.members(l))
 
     def source_layers(self, source: str) -> tuple[str, ...]:
-        """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``."""
-        found = {l for t in self.terms if t.source == source for l in t.layers}
+        """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``
+        (both members of a pair entry)."""
+        found = {m for t in self.terms if t.source == source for l in t.layers for m in layersets.members(l)}
         return _network_layers(found) + ((INPUT,) if INPUT in found else ())
 
     def prepare(self, params):
@@ -179,16 +186,20 @@ class Objective:
         return out
 
     def statistics(self, params, image: jax.Array, source: str) -> dict[str, dict]:
-        """``{term name: {layer: statistic}}`` of one Caffe-space image for the terms whose targets come from
-        ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features."""
+        """``{term name: {entry: statistic}}`` of one Caffe-space image for the terms whose targets come from
+        ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features (of a pair
+        entry: ``(F_shallow, F_deep)``)."""
         chosen = [t for t in self.terms if t.source == source]
         feats = self.features(params, image, self.source_layers(source)) if chosen else {}
-        return {t.name: {l: t.spec.make_target(feats[l], t.opts) for l in t.layers} for t in chosen}
+        return {t.name: {l: t.spec.make_target(layersets.entry_features(feats, l), t.entry_opts(l))
+                         for l in t.layers}
+                for t in chosen}
 
     def blend(self, stats: Sequence[dict], blend_weights: jax.Array) -> dict[str, dict]:
         """The style targets from the :meth:`statistics` of several style images and normalized blend weights
         (each kind's ``blend``)."""
-        return {t.name: {l: t.spec.blend([s[t.name][l] for s in stats], blend_weights, t.opts) for l in t.layers}
+        return {t.name: {l: t.spec.blend([s[t.name][l] for s in stats], blend_weights, t.entry_opts(l))
+                         for l in t.layers}
                 for t in self.terms if t.source == "style"}
 
     def loss(self, params, x: jax.Array, targets) -> Terms:
@@ -199,7 +210,8 @@ class Objective:
             target, weight = targets[t.name].get("target", {}), targets[t.name]["weight"]
             value = jnp.zeros((), x.dtype)
             for i, layer in enumerate(t.layers):
-                per_layer = t.spec.loss(feats[layer], target.get(layer), t.opts)
+                per_layer = t.spec.loss(layersets.entry_features(feats, layer), target.get(layer),
+                                        t.entry_opts(layer))
                 value = value + weight[i].astype(per_layer.dtype) * per_layer
             named[t.name] = value
         values = list(named.values())

@@ -90,6 +90,8 @@ NON_DEFAULT = {
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
     "layer_weighting": (["--layer-weighting", "geometric"], "geometric"),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
+    "style_blur": (["--style-blur", "--style-layers", "relu2_1:relu1_2"], True),
+    "style_adjacent": (["--style-adjacent"], True),
     "style_loss": (["--style-loss", "w2"], "w2"),
     "weights": (["--weights", "random"], "random"),
     "pooling": (["--pooling", "avg"], "avg"),
@@ -137,7 +139,7 @@ def test_flags_match_settings_fields_exactly():
 
 
 # Settings that are only used together with another one (setting them alone is an error).
-NEEDS = {"init_image": "init", "scale_iterations": "scales"}
+NEEDS = {"init_image": "init", "scale_iterations": "scales", "style_blur": "style_layers"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
