@@ -110,6 +110,8 @@ def test_layers_command_defaults_and_lists(capsys):
     assert list(rows) == ["relu2_1:relu1_1", "relu3_1", "relu4_2"]
     assert rows["relu2_1:relu1_1"][:4] == ["3:1", "128:64", "18:37", "2"]  # odd sizes floor; two blurs
     assert rows["relu3_1"][1:] == ["256", "9", "0", "-", "0.5"] and rows["relu4_2"][-2:] == ["1", "-"]
+    rows = _table(capsys, "--method", "classic-dense-conv4_2", "--weighting", "geometric")  # the flag wins
+    assert len(rows) == 16 and rows["relu4_2"][-2:] == ["1", f"{2 ** 6 / (2 ** 16 - 1):.6g}"]
 
 
 def test_layers_command_errors_name_its_flags(capsys):
