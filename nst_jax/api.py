@@ -139,13 +139,14 @@ def _weights_key(spec: str | None) -> str | None:
 
 
 def make_settings(settings: Settings | None = None, **overrides) -> Settings:
-    """``settings`` (default: neural-style's) with ``overrides`` applied; unknown names are an error."""
+    """``settings`` (default: neural-style's) with ``overrides`` applied (:meth:`Settings.replace`: a ``method``
+    among them sets the fields that neither gives explicitly); unknown names are an error."""
     settings = settings or Settings()
     names = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(names))}.")
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+    return settings.replace(**overrides) if overrides else settings
 
 
 def prepare_styles(style, s: Settings) -> list[np.ndarray]:

@@ -1,9 +1,10 @@
 """Command line: one parser with subcommands; argument parsing only, the work is done by the library.
 
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
-:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights) and ``nst-jax
-normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`). The settings
-flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
+:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights), ``nst-jax layers``
+(the layers of a loss and their weights), ``nst-jax compare`` (method presets side by side), ``nst-jax info``
+(how an output was made) and ``nst-jax normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`).
+The settings flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 """
 
@@ -18,15 +19,16 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import __version__, aliases, api, batch_cli, canvas, images, normalize, optim, provenance, sweep
-from nst_jax.config import Settings
+from nst_jax import (__version__, aliases, api, batch_cli, canvas, compare, images, layersets, normalize, optim,
+                     presets, provenance, sweep, weighting)
+from nst_jax.config import SettingError, Settings
 from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
 from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "info", "normalize-weights")
+COMMANDS = ("stylize", "batch", "sweep", "compare", "layers", "info", "normalize-weights")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -35,6 +37,9 @@ examples:
   nst-jax --style painting.jpg --content-weight 0 --size 384x512 --output texture.png
   nst-jax batch --style painting.jpg --inputs photos/ --output-dir out/
   nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 1000 --output grid.png
+  nst-jax --content photo.jpg --style painting.jpg --method chain --output out.png
+  nst-jax compare --content photo.jpg --style painting.jpg --methods classic,classic-shifted,chain --output-dir cmp/
+  nst-jax layers --layers chain --weighting geometric
 
 Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
 """
@@ -54,6 +59,35 @@ examples:
 
 One swept weight gives a row of cells, two give rows x columns (the first swept flag, in the order
 content, style, tv, runs down the rows). Every other flag applies to all cells.
+"""
+
+
+LAYERS_DESCRIPTION = ("Print the entries of a loss (content layers, style layers and pairs of layers) in depth order: "
+                      "conv index 1..16, channels, feature map side at --image-size, how many times a blurred "
+                      "statistic blurs a pair, and the content and style weights as shares of their family's sum.")
+LAYERS_EXAMPLES = """\
+examples:
+  nst-jax layers                                   # all 16 conv layers, uniform weights
+  nst-jax layers --layers chain --weighting geometric
+  nst-jax layers --method all-to-content --image-size 256
+  nst-jax layers --layers relu1_1,relu2_1:relu1_2 --content-layers relu4_2
+
+Without --content-layers the content layers are those the style entries read (Novak & Nikulin use one set of
+layers for both), or the method's.
+"""
+COMPARE_DESCRIPTION = ("Stylize one content image with every given method preset on every style: writes a labelled "
+                       "grid (rows: methods, columns: styles) compare.png, the loss curves losses.png (with "
+                       "matplotlib: pip install 'nst-jax[report]'), and the final losses, iterations and times as "
+                       "compare.md and compare.json into --output-dir.")
+COMPARE_EXAMPLES = """\
+examples:
+  nst-jax compare --content photo.jpg --style painting.jpg --methods classic,classic-shifted,chain --output-dir cmp/
+  nst-jax compare --content photo.jpg --style a.jpg --style b.jpg --methods chain,chain-uniform --image-size 256 \\
+      --num-iterations 300 --output-dir cmp/
+
+The other flags apply to every method; a method's preset sets what they leave out (explicit flags win). Methods
+that differ only in loss weights (chain, chain-uniform) run as one compiled batch. Unless --print-every is given,
+the losses are recorded about 50 times per run for the curves.
 """
 
 
@@ -119,9 +153,59 @@ def _add_sweep_parser(subparsers) -> None:
     add_settings_arguments(parser, several=SWEEPABLE)
 
 
+def _method_list(text: str) -> list[str]:
+    """``--methods a,b`` -> ``["a", "b"]``, each a preset name."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in presets.NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+                                         f"methods: {', '.join(presets.NAMES)}")
+    return names
+
+
+def _add_layers_parser(subparsers) -> None:
+    parser = subparsers.add_parser("layers", help="The layers of a loss and their weights.",
+                                   description=LAYERS_DESCRIPTION, epilog=LAYERS_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_layers)
+    parser.add_argument("--layers", metavar="SET|LIST",
+                        help=f"Style entries: a set ({', '.join(layersets.SETS)}) or a comma-separated list of layers "
+                             "and pairs 'deep:shallow' (e.g. relu2_1:relu1_2) (default: all; with --method, the "
+                             "method's).")
+    parser.add_argument("--content-layers", metavar="LIST",
+                        help="Content layers, comma-separated (default: the layers the style entries read; with "
+                             "--method, the method's).")
+    parser.add_argument("--weighting", choices=weighting.WEIGHTINGS,
+                        help="Layer weighting (default: uniform; with --method, the method's).")
+    parser.add_argument("--method", choices=presets.NAMES, help="Take the layers and weighting of a method preset.")
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help=f"Long side of the image, for the feature map sides (default: {Settings().image_size}).")
+
+
+def _add_compare_parser(subparsers) -> None:
+    parser = subparsers.add_parser("compare", help="Method presets side by side on one image.",
+                                   description=COMPARE_DESCRIPTION, epilog=COMPARE_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_compare)
+    parser.add_argument("--content", required=True, help="Content image (path).")
+    parser.add_argument("--style", required=True, action="append",
+                        help="Style image (path); repeat for several styles, one grid column each.")
+    parser.add_argument("--methods", required=True, nargs="+", type=_method_list, metavar="METHOD",
+                        help="Methods to compare, one grid row each, comma- or space-separated: "
+                             f"{', '.join(presets.NAMES)}.")
+    parser.add_argument("--output-dir", required=True,
+                        help="Where compare.png, losses.png, compare.md and compare.json go (only its last level "
+                             "is created).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace existing files there that nst-jax did not write (default: refuse; previous "
+                             "nst-jax outputs are always replaced, inputs never).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_settings_arguments(parser, exclude={"method"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
-    subcommands ``stylize``, ``batch``, ``sweep`` and ``normalize-weights``."""
+    subcommands named in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
+    _add_compare_parser(commands)
+    _add_layers_parser(commands)
     _add_info_parser(commands)
     _add_normalize_parser(commands)
     return parser
@@ -330,6 +416,62 @@ def _run_normalize(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> i
     print(f"wrote {result.path}: normalized VGG-19 of {normalize.describe_source(meta['source'])} on "
           f"{len(meta['images'])} image(s) at {meta['size']} px, {meta['pooling']} pooling; "
           f"{meta['dead_channels']} channel(s) never active (kept at scale 1)")
+    return 0
+
+
+_LAYERS_FLAGS = {"style_layers": "--layers", "layer_weighting": "--weighting"}
+
+
+def _run_layers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    given = {name: value for name, value in (("method", ns.method), ("style_layers", ns.layers),
+                                              ("content_layers", ns.content_layers),
+                                              ("layer_weighting", ns.weighting), ("image_size", ns.image_size))
+             if value is not None}
+    if ns.method is None:
+        given.setdefault("style_layers", "all")
+    try:
+        s = Settings(**given)
+        if ns.method is None and ns.content_layers is None:  # the layers the style entries read
+            read = {m for entry in s.style_layers for m in layersets.members(entry)}
+            s = s.replace(content_layers=tuple(sorted(read, key=weighting.depth_key)))
+        rows = weighting.layer_table(s)
+    except (ValueError, TypeError) as e:
+        fail(parser, e.render(lambda n: _LAYERS_FLAGS.get(n, _flag(n))) if isinstance(e, SettingError) else str(e))
+    print(weighting.format_table(rows))
+    explicit = [f for f in ("content_layer_weights", "style_layer_weights") if getattr(s, f)]
+    how = {"uniform": "uniform: the objective weighs every entry 1 (shares of the sum shown)",
+           "geometric": "geometric (Novak & Nikulin): the objective uses these normalized weights"}[s.layer_weighting]
+    print(f"\n{len(rows)} entries at --image-size {s.image_size}" + (f", method {s.method}" if s.method else "")
+          + f"; weighting {how}" + (f"; explicit {', '.join(explicit)} replace it" if explicit else "") + ".")
+    return 0
+
+
+def _run_compare(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    methods = [m for group in ns.methods for m in group]
+    received: list[int] = []
+    try:
+        settings = settings_from_args(ns)
+        with sigterm_as_interrupt(received), report_created_directory(Path(ns.output_dir).expanduser()):
+            out = compare.compare(ns.content, ns.style, methods, settings, output_dir=ns.output_dir,
+                                  overwrite=ns.overwrite, progress=not ns.quiet)
+    except (ValueError, TypeError, WeightsError, optim.NonFiniteLossError) as e:
+        fail(parser, e.render(lambda n: "--methods" if n == "method" else _flag(n)) if isinstance(e, SettingError)
+             else error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(received[-1] if received else signal.SIGINT),
+                    f"{parser.prog}: interrupted; no output was written.\n")
+    print("wrote " + ", ".join(str(p) for p in out.files.values())
+          + f" ({len(out.methods)} methods x {len(out.styles)} styles)")
+    replaced = sorted({f for run in out.runs for f in compare.overridden(run.settings)})
+    if replaced:
+        print(f"note: {', '.join(map(_flag, replaced))} replaced the methods' preset values (explicit flags win)")
+    for run in out.runs:
+        last = run.result.history[-1]
+        per_it = run.seconds_per_iteration
+        print(f"  {run.method} / {out.styles[run.style]}: loss {last.total:.6g} ({last.iteration} iterations"
+              + ("" if per_it is None else f", {per_it:.3g} s/iteration")
+              + ("" if len(run.batch) == 1 else f", batched with {', '.join(m for m in run.batch if m != run.method)}")
+              + ")")
     return 0
 
 

@@ -10,6 +10,12 @@ combinations where one setting would be ignored or fail later); a bad value
 raises :class:`SettingError`, whose message names the field (or, on the
 command line, its flag).
 
+``method`` names a preset (:mod:`nst_jax.presets`): the fields it sets take
+its values unless they are given explicitly, so ``Settings(method="chain",
+pooling="max")`` keeps max pooling. A ``Settings`` remembers which fields were
+given (:attr:`Settings.explicit`); :meth:`Settings.replace` keeps those and
+takes the others from the (new) method or the defaults.
+
 Size: one field per option with its help text, then the check of every field and combination; a field and
 its check are kept in one file so that they cannot drift apart.
 """
@@ -28,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from nst_jax import terms, vgg
+from nst_jax import layersets, presets, terms, weighting
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
@@ -42,6 +48,7 @@ Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
 StyleLoss = Literal["gram", "w2", "mrf"]
+LayerWeighting = Literal["uniform", "geometric"]  # weighting.WEIGHTINGS
 
 
 #: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
@@ -56,7 +63,14 @@ def _opt(default, help: str, **kw):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every option of a stylization, with neural-style's defaults."""
+    """Every option of a stylization, with neural-style's defaults (or a method preset's, see ``method``)."""
+
+    # --- method
+    method: str | None = _opt(
+        None, "Method preset (Novak & Nikulin's Table 2, and CNN-MRF): one of " + ", ".join(presets.NAMES)
+              + "; sets the layers, layer weighting, activation shift, pooling, init and loss weights of that "
+                "method (see the README's table); settings given explicitly override it. Unset: no preset.",
+        choices=presets.NAMES)
 
     # --- images
     image_size: int = _opt(512, "Long side of the output in pixels (the content image is resized to it; "
@@ -70,15 +84,32 @@ class Settings:
                                       "synthesis, content_weight 0; the long side is image_size); default 1.")
 
     # --- losses
-    content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted).")
-    style_layers: tuple[str, ...] = _opt(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "Style layers.")
+    content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted; 'all' = the 16 "
+                                                         "conv layers' ReLUs).")
+    style_layers: tuple[str, ...] = _opt(
+        ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        "Style layers, or pairs of layers 'relu2_1:relu1_2' (cross-layer Gram matrices, Novak & Nikulin §3.4), or "
+        "the sets 'all' (the 16 conv layers), 'chain' (the 15 pairs of neighbouring conv layers, §3.5), "
+        "'all-to-content' (every conv layer paired with relu4_2, §3.4), mixed freely.")
     content_weight: float = _opt(5.0, "Weight of the content loss.")
     style_weight: float = _opt(100.0, "Weight of the style loss.")
     tv_weight: float = _opt(1e-3, "Weight of the total-variation regularizer (0 disables it).")
     content_layer_weights: tuple[float, ...] | None = _opt(None, "Per content layer weights; default all 1.")
     style_layer_weights: tuple[float, ...] | None = _opt(None, "Per style layer weights; default all 1.")
+    layer_weighting: LayerWeighting = _opt(
+        "uniform", "Per-layer weights when content_layer_weights / style_layer_weights are unset: 'uniform' (all 1) "
+                   "or 'geometric' (Novak & Nikulin: in depth order, style 2^(D-d), content 2^d, each divided by "
+                   "its sum; pairs of layers ordered by their deeper layer, then the shallower). Explicit "
+                   "per-layer weights replace it for their family.")
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
+    style_blur: bool = _opt(False, "Blurred correlations (ref. Novak & Nikulin §3.6): in each pair of style_layers "
+                                   "the deeper layer's map is box-blurred (3x3 mean) once per conv layer between the "
+                                   "two (once for a chain link) before its Gram with the shallower one; style_loss "
+                                   "'gram' with at least one pair.")
+    style_adjacent: bool = _opt(False, "Experimental (ref. Novak & Nikulin §4.3, 'Chain Extended'): Gram matrices "
+                                       "also between each position and its 8 neighbours (one per offset, 9x the "
+                                       "entries), for single style layers and pairs; style_loss 'gram'.")
     style_loss: StyleLoss = _opt(
         "gram", "Style statistic: 'gram' (Gram matrices, neural-style), 'w2' (Wasserstein-2 distance between "
                 "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
@@ -143,12 +174,29 @@ class Settings:
     print_every: int = _opt(50, "Record/print the losses every N iterations (0 = only first and last).")
     save_every: int = _opt(0, "Write a snapshot every N iterations (0 = never).")
 
+    def __new__(cls, *args, **kwargs):
+        # Which fields the caller gives: the method preset fills in only the others (__post_init__).
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
+        return self
+
     def __post_init__(self):
+        _apply_method(self)
         _validate(self)
 
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The fields given when these settings were made; the others are the method's or the defaults."""
+        return self.__dict__.get("_given", frozenset())
+
     def replace(self, **changes) -> "Settings":
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated). The fields given explicitly when these settings were
+        made keep their values, and with ``changes`` are the copy's explicit fields; the others come from the
+        copy's ``method`` (a new one if ``changes`` sets it) or are the defaults. (``dataclasses.replace`` keeps
+        every value: there every field counts as given, and a new method changes nothing else.)"""
+        kept = {name: getattr(self, name) for name in self.explicit}
+        return type(self)(**{**kept, **changes})
 
     @property
     def step_size(self) -> float:
@@ -282,6 +330,8 @@ _CHOICES = {
     "precision": (None, "default", "high", "highest"),
     "dtype": ("float32", "bfloat16"),
     "conv_algorithm": ("auto", "direct", "winograd"),
+    "layer_weighting": weighting.WEIGHTINGS,
+    "method": (None, *presets.NAMES),
 }
 
 #: Each field's default (settings that are only used with another one must keep it otherwise).
@@ -368,12 +418,13 @@ def _items(name, value, what):
 
 
 def _layers(name, value) -> tuple[str, ...]:
+    """Canonical layer entries: names, pairs ``"deep:shallow"``, and the sets of :mod:`nst_jax.layersets`."""
     names = value if isinstance(value, str) else _items(name, value, "VGG-19 layer names")
     if not isinstance(names, str) and not all(isinstance(n, str) for n in names):
         raise SettingError("{0} must be a list of VGG-19 layer names (e.g. ('relu4_2',)), got {got!r}.",
                            name, got=value)
     try:
-        return vgg.canonical_layers(names)
+        return layersets.canonical_entries(names)
     except ValueError as e:
         raise SettingError("{0}: {why}", name, why=e) from None
 
@@ -401,10 +452,31 @@ def _numbers(name, values, lo: float, hi: float, what: str) -> tuple[float, ...]
     return vals
 
 
+def _apply_method(s: Settings) -> None:
+    """Sets the fields of ``s.method``'s preset that were not given explicitly to the preset's values."""
+    if s.method is None:
+        return
+    _set(s, "method", _choice("method", s.method))
+    preset = presets.get(s.method)
+    names = {f.name for f in dataclasses.fields(s)}
+    for name, value in preset.values.items():
+        if name in s.explicit:
+            continue
+        if name not in names:
+            raise SettingError("{method=} needs the setting {name}, which this version of nst_jax does not have: "
+                               "choose another {method}.", "method", method=s.method, name=name)
+        _set(s, name, value)
+    kind = preset.values.get("style_loss")
+    if kind is not None and "style_loss" not in s.explicit and kind not in terms.kinds("style"):
+        raise SettingError("{method=} needs the style loss {kind!r}, which is not registered (registered: "
+                           "{registered}): register it with nst_jax.terms.register, or choose another {method}.",
+                           "method", method=s.method, kind=kind, registered=", ".join(terms.kinds("style")))
+
+
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
-    for name in ("original_colors", "remat"):
+    for name in ("original_colors", "remat", "style_blur", "style_adjacent"):
         _set(s, name, _flag(name, getattr(s, name)))
     _set(s, "weights", _path("weights", s.weights,
                              "a weights file path (.h5 or .npz), 'random', 'normalized', or None"))
@@ -496,6 +568,7 @@ def _style_loss(value) -> str:
 
 def _validate_combinations(s: Settings) -> None:
     """Settings that are each valid but do not go together (one would be ignored, or fail later)."""
+    _validate_pairs(s)
     if s.activation_shift and s.style_loss != "gram":
         raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
                            "leave {activation_shift} at 0.", "activation_shift", "style_loss",
@@ -530,6 +603,34 @@ def _validate_combinations(s: Settings) -> None:
         raise SettingError("{style_scale=} makes the style images {px} px (long side) at {image_size=}; at "
                            "most {hi} px.", "style_scale", "image_size", style_scale=s.style_scale,
                            image_size=s.image_size, px=style_px, hi=MAX_IMAGE_SIZE)
+
+
+def _validate_pairs(s: Settings) -> None:
+    """Pair entries only where a statistic reads them; blur and adjacent offsets only for Gram matrices."""
+    content_pairs = [e for e in s.content_layers if layersets.is_pair(e)]
+    if content_pairs:
+        raise SettingError("{0} takes single layers ('all' included), got the pair {pair!r}: pairs of layers and "
+                           "the sets 'chain' and 'all-to-content' are style statistics ({1}).",
+                           "content_layers", "style_layers", pair=content_pairs[0])
+    for name in ("style_blur", "style_adjacent"):
+        if getattr(s, name) and s.style_loss != "gram":
+            raise SettingError("{0} only applies to Gram matrices ({style_loss='gram'}), got {style_loss=}: leave "
+                               "{0} off.", name, "style_loss", style_loss=s.style_loss)
+    pairs = [e for e in s.style_layers if layersets.is_pair(e)]
+    if pairs and not terms.get(s.style_loss).pairs:
+        raise SettingError("{style_loss=} reads single layers, but {style_layers} has the pair {pair!r}: use "
+                           "{style_loss='gram'} (cross-layer Gram matrices) or single layers.",
+                           "style_loss", "style_layers", style_loss=s.style_loss, pair=pairs[0])
+    if s.style_blur:
+        if not pairs:
+            raise SettingError("{0} blurs the deeper map of a pair of layers, but {1} has no pair: add pairs "
+                               "such as 'relu2_1:relu1_2' or the set 'chain', or leave {0} off.",
+                               "style_blur", "style_layers")
+        for entry in pairs:
+            try:
+                layersets.blur_count(entry)
+            except ValueError as e:
+                raise SettingError("{0} with {1}: {why}", "style_blur", "style_layers", why=e) from None
 
 
 def stages(s: Settings) -> list[tuple[int, int]]:

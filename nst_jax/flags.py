@@ -24,6 +24,9 @@ from nst_jax.config import SECTIONS, SettingError, Settings, section_of
 
 _TUPLE_OF_STR = {"content_layers", "style_layers"}
 
+#: Other flags of a setting: ``--style-pairs conv2_1:conv1_2,...`` reads as the cross-layer entries it sets.
+ALIASES = {"style_layers": ("--style-pairs",)}
+
 
 def flag(name: str) -> str:
     """The command-line flag of a :class:`Settings` field (``image_size`` -> ``--image-size``)."""
@@ -45,17 +48,21 @@ def _strip_optional(tp):
     return tp
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collection[str] = ()) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collection[str] = (),
+                           exclude: Collection[str] = ()) -> None:
     """Adds one flag per :class:`Settings` field (defaults and help from the dataclass).
 
     Args:
         parser: the parser (or subparser) to add the flags to.
         several: names of number fields that take one or more values here (``nst-jax sweep``: one grid cell
             per value); their values come back as lists, which :func:`settings_from_args` does not read.
+        exclude: names of fields that get no flag here (the subcommand sets them otherwise).
     """
     hints = typing.get_type_hints(Settings)
     groups = {topic: parser.add_argument_group(f"{topic} settings") for topic, _ in SECTIONS}
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         tp = _strip_optional(hints[f.name])
         group = groups[section_of(f.name)]
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
@@ -70,6 +77,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
             kw["help"] += "; several values: one grid cell per value (every combination with the other swept flags)"
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("choices"):  # a str field whose values are listed elsewhere (method: the presets)
+            kw.update(type=tp, choices=[c for c in f.metadata["choices"] if c is not None])
         elif origin is typing.Literal:
             kw["choices"] = list(typing.get_args(tp))
         elif origin is tuple:
@@ -81,7 +90,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
             kw["type"] = tp
         else:  # pragma: no cover - a new field type must be handled here
             raise TypeError(f"no CLI mapping for setting {f.name}: {tp}")
-        group.add_argument(flag(f.name), **kw)
+        group.add_argument(flag(f.name), *ALIASES.get(f.name, ()), **kw)
 
 
 def _show(v) -> str | None:

@@ -5,7 +5,9 @@ so the same weights give the same pictures:
 
 * features ``F`` are one image's activations ``(H, W, C)``;
 * ``gram(F) = F^T F / (C H W)`` (neural-style-pt divides the Gram by the
-  number of elements of the layer's output);
+  number of elements of the layer's output); the cross-layer Gram of two layers
+  (Novak & Nikulin) ``F_a^T up(F_b) / (M_a sqrt(K_a K_b))`` reduces to it for a
+  layer with itself (:func:`cross_gram`);
 * content loss ``mean((F - P)^2)`` and style loss ``mean((G - A)^2)`` over the
   ``C x C`` entries (``nn.MSELoss``), each multiplied by its weight outside;
 * total variation ``sum |x[i+1, j] - x[i, j]| + sum |x[i, j+1] - x[i, j]|``
@@ -19,6 +21,8 @@ objective (targets, weights, blending) is :mod:`nst_jax.terms`.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +35,7 @@ W2_ITERATIONS = sqrtm.ITERATIONS
 
 
 def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
-    """Normalized Gram matrix of one layer's activations.
+    """Normalized Gram matrix of one layer's activations (:func:`cross_gram` of the layer with itself).
 
     Args:
         features: ``(H, W, C)`` activations.
@@ -42,13 +46,65 @@ def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
     Returns:
         ``(C, C)`` matrix ``(F + s)^T (F + s) / (C H W)``.
     """
-    h, w, c = features.shape
-    f = features.reshape(h * w, c)
-    if shift:
-        f = f + shift
+    return cross_gram(features, features, shift, precision)
+
+
+def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precision=None, *, blur: int = 0,
+               adjacent: bool = False) -> jax.Array:
+    """Normalized cross-layer Gram matrix of two layers' activations (Novak & Nikulin §3.4-3.6, §4.3).
+
+    ``G = (F_a + s)^T blur^n(up(F_b + s)) / (M_a sqrt(K_a K_b))`` with ``F`` flattened to ``(M, K)`` (``M``
+    pixels, ``K`` channels): ``up`` resizes the deeper map to the shallower one's exact size by nearest
+    neighbour (``jax.image.resize``; odd sizes included), ``blur`` is a 3x3 box filter (:func:`box_blur`).
+    The shift comes first, then the upsampling, then the blurs. With ``shallow is deep`` and no blur this is
+    the classic normalized Gram ``(F + s)^T (F + s) / (C H W)`` of neural-style-pt, computed the same way.
+
+    Args:
+        shallow: ``(H_a, W_a, K_a)`` activations of the shallower layer (the larger map).
+        deep: ``(H_b, W_b, K_b)`` activations of the deeper layer, ``H_b <= H_a``, ``W_b <= W_a``.
+        shift: the activation shift ``s``, added to both factors.
+        precision: matmul precision (``jax.lax.Precision`` or ``None``).
+        blur: how many times the upsampled deeper map is blurred (``|l - k|`` for conv layers l, k; §3.6).
+        adjacent: also correlate each position of the shallower map with the 8 neighbours in the deeper one
+            (§4.3, "adjacent activations"; experimental): one Gram per offset ``(dy, dx)`` in ``{-1, 0, 1}^2``,
+            ``G[i, j, 1 + dy, 1 + dx] = sum_{y, x} A_i(y, x) B_j(y + dy, x + dx)`` with zero fill outside the
+            map, each normalized as above.
+
+    Returns:
+        ``(K_a, K_b)``, or ``(K_a, K_b, 3, 3)`` with ``adjacent``; in at least float32.
+    """
+    h, w, ka = shallow.shape
+    kb = deep.shape[-1]
+    a = shallow + shift if shift else shallow
+    b = a if deep is shallow else (deep + shift if shift else deep)
+    if b.shape[:2] != (h, w):
+        b = jax.image.resize(b, (h, w, kb), "nearest")
     # Low-precision (bf16) features are multiplied as they are but accumulated and returned in float32.
-    out = jnp.promote_types(features.dtype, jnp.float32)
-    return jnp.matmul(f.T, f, precision=precision, preferred_element_type=out) / (c * h * w)
+    out = jnp.promote_types(jnp.promote_types(shallow.dtype, deep.dtype), jnp.float32)
+    if blur:
+        b = box_blur(b.astype(out), blur)
+    # C H W exactly (an integer) for a layer with itself, as neural-style-pt divides.
+    norm = h * w * ka if ka == kb else h * w * math.sqrt(ka * kb)
+    f = a.reshape(h * w, ka)
+    if not adjacent:
+        return jnp.matmul(f.T, b.reshape(h * w, kb), precision=precision, preferred_element_type=out) / norm
+    padded = jnp.pad(b, ((1, 1), (1, 1), (0, 0)))
+    rows = [jnp.stack([jnp.matmul(f.T, padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w].reshape(h * w, kb),
+                                  precision=precision, preferred_element_type=out) for dx in (-1, 0, 1)], axis=-1)
+            for dy in (-1, 0, 1)]
+    return jnp.stack(rows, axis=-2) / norm
+
+
+def box_blur(features: jax.Array, times: int = 1) -> jax.Array:
+    """``times`` passes of a 3x3 mean filter over the spatial axes of ``(H, W, C)`` activations: zero padding,
+    every output divided by 9 (at the borders too), same size out. The blur of Novak & Nikulin's blurred
+    correlations (§3.6): a deeper feature is correlated with the average of the shallower one over the 3x3
+    patch it was computed from."""
+    for _ in range(times):
+        padded = jnp.pad(features, ((1, 1), (1, 1), (0, 0)))
+        rows = padded[:-2] + padded[1:-1] + padded[2:]  # separable: 3 rows, then 3 columns
+        features = (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
+    return features
 
 
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
@@ -58,7 +114,8 @@ def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def style_loss(gram_matrix: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared difference between two Gram matrices over their ``C x C`` entries (unweighted)."""
+    """Mean squared difference between two Gram matrices over their entries (``C x C``; ``K_a x K_b`` for a
+    cross-layer Gram, times 9 with adjacent offsets) (unweighted)."""
     return jnp.mean(jnp.square(gram_matrix - target))
 
 

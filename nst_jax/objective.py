@@ -3,17 +3,20 @@
 ``Objective`` is a frozen, hashable description of the loss: the network options and a tuple of
 :class:`nst_jax.terms.Term` (which statistic, which layers). It is a static argument of the jitted
 functions, so the same structure reuses the same compiled code. Everything a user sweeps is traced: the
-targets pytree holds, per term, its target statistics and its weights (global weight times per-layer
+targets pytree holds, per term, its target statistics and its weights (global weight times per-entry
 weights)::
 
     targets = {"content": {"target": {layer: (H_l, W_l, C_l)}, "weight": (n_layers,)},
-               "style":   {"target": {layer: (C_l, C_l)},      "weight": (n_layers,)},
+               "style":   {"target": {entry: (C_a, C_b)},      "weight": (n_entries,)},
                "tv":      {"target": {},                       "weight": (1,)}}
 
 so changing a weight or a target never recompiles, and ``vmap`` batches over them (weight sweeps).
 Targets are computed once, outside the optimization loop (:func:`make_targets`). A term whose global
 weight is 0 is left out of the structure (no content image is then needed for "content", no style image
 for "style"). All functions take one image; batches are ``jax.vmap`` of the same functions.
+
+An entry is a layer, or a pair of layers ``"deep:shallow"`` (a cross-layer statistic; see
+:mod:`nst_jax.layersets`) whose kind receives the features ``(F_shallow, F_deep)``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import conv, vgg
+from nst_jax import conv, layersets, vgg, weighting
 from nst_jax.config import Settings
 from nst_jax.terms import INPUT, Term
 
@@ -108,7 +111,8 @@ class Objective:
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
         """The terms of ``s``: content (MSE), style (``s.style_loss``) and total variation, each only if its
-        weight is not 0."""
+        weight is not 0. A Gram style term takes the activation shift, and ``blur``/``adjacent`` when
+        ``s.style_blur``/``s.style_adjacent`` are set (left out otherwise, so the classic term is unchanged)."""
         found = []
         if s.content_weight:
             found.append(Term.make("mse", "content", s.content_layers))
@@ -117,6 +121,7 @@ class Objective:
             opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss == "gram" else {}
             if s.style_loss == "mrf":
                 opts = dict(stride=s.mrf_stride, rotations=s.mrf_rotations, scales=s.mrf_scales, precision=s.precision)
+            opts.update((k, True) for k, on in (("blur", s.style_blur), ("adjacent", s.style_adjacent)) if on)
             found.append(Term.make(s.style_loss, "style", s.style_layers, **opts))
         if s.tv_weight:
             found.append(Term.make("tv", "tv", (INPUT,)))
@@ -124,7 +129,8 @@ class Objective:
                    dtype=s.dtype, conv_algorithm=conv.resolve_algorithm(s.conv_algorithm))
 
     def weights(self, s: Settings) -> dict[str, np.ndarray]:
-        """The traced weights of each term from settings: global weight times per-layer weights.
+        """The traced weights of each term from settings: global weight times per-layer weights (explicit, or
+        from ``s.layer_weighting``: :func:`nst_jax.weighting.settings_weights`).
 
         Returns:
             ``{term name: (n_layers,) array}`` (float64 on the host; float32 once traced, unless x64 is on).
@@ -133,8 +139,9 @@ class Objective:
         for t in self.terms:
             if t.name not in SETTINGS_WEIGHTS:
                 raise ValueError(f"term {t.name!r} has no weight among the settings; pass weights explicitly.")
-            scale, per_layer = SETTINGS_WEIGHTS[t.name]
-            per_layer = (getattr(s, per_layer) if per_layer else None) or (1.0,) * len(t.layers)
+            scale = SETTINGS_WEIGHTS[t.name][0]
+            # explicit per-layer weights, else those of s.layer_weighting (uniform: 1 each)
+            per_layer = weighting.settings_weights(s, t.name, t.layers)
             out[t.name] = np.asarray([getattr(s, scale) * w for w in per_layer], np.float64)
         return out
 
@@ -151,12 +158,14 @@ class Objective:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """Every VGG-19 layer the loss reads, in network order (the input image is not a layer)."""
-        return _network_layers(l for t in self.terms for l in t.layers)
+        """Every VGG-19 layer the loss reads (both members of a pair entry), in network order (the input image
+        is not a layer)."""
+        return _network_layers(m for t in self.terms for l in t.layers for m in layersets.members(l))
 
     def source_layers(self, source: str) -> tuple[str, ...]:
-        """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``."""
-        found = {l for t in self.terms if t.source == source for l in t.layers}
+        """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``
+        (both members of a pair entry)."""
+        found = {m for t in self.terms if t.source == source for l in t.layers for m in layersets.members(l)}
         return _network_layers(found) + ((INPUT,) if INPUT in found else ())
 
     def prepare(self, params):
@@ -179,26 +188,32 @@ class Objective:
         return out
 
     def statistics(self, params, image: jax.Array, source: str) -> dict[str, dict]:
-        """``{term name: {layer: statistic}}`` of one Caffe-space image for the terms whose targets come from
-        ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features."""
+        """``{term name: {entry: statistic}}`` of one Caffe-space image for the terms whose targets come from
+        ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features (of a pair
+        entry: ``(F_shallow, F_deep)``)."""
         chosen = [t for t in self.terms if t.source == source]
         feats = self.features(params, image, self.source_layers(source)) if chosen else {}
         return {t.name: self._term_statistics(params, image, feats, t) for t in chosen}
 
     def _term_statistics(self, params, image: jax.Array, feats: dict, term: Term) -> dict:
-        """``{layer: statistic}`` of one term from an image and its features; a kind with ``views`` (e.g. the
+        """``{entry: statistic}`` of one term from an image and its features; a kind with ``views`` (e.g. the
         MRF loss's rotated and scaled style images) blends the statistics of each view with equal weights."""
-        kind, opts = term.spec, term.opts
+        kind = term.spec
+
+        def stat(features, entry):
+            return kind.make_target(layersets.entry_features(features, entry), term.entry_opts(entry))
+
         if kind.views is None:
-            return {l: kind.make_target(feats[l], opts) for l in term.layers}
-        views = [feats if v is image else self.features(params, v, term.layers) for v in kind.views(image, opts)]
+            return {l: stat(feats, l) for l in term.layers}
+        views = [feats if v is image else self.features(params, v, term.layers) for v in kind.views(image, term.opts)]
         equal = jnp.full((len(views),), 1.0 / len(views))
-        return {l: kind.blend([kind.make_target(f[l], opts) for f in views], equal, opts) for l in term.layers}
+        return {l: kind.blend([stat(f, l) for f in views], equal, term.entry_opts(l)) for l in term.layers}
 
     def blend(self, stats: Sequence[dict], blend_weights: jax.Array) -> dict[str, dict]:
         """The style targets from the :meth:`statistics` of several style images and normalized blend weights
         (each kind's ``blend``)."""
-        return {t.name: {l: t.spec.blend([s[t.name][l] for s in stats], blend_weights, t.opts) for l in t.layers}
+        return {t.name: {l: t.spec.blend([s[t.name][l] for s in stats], blend_weights, t.entry_opts(l))
+                         for l in t.layers}
                 for t in self.terms if t.source == "style"}
 
     def loss(self, params, x: jax.Array, targets) -> Terms:
@@ -209,7 +224,8 @@ class Objective:
             target, weight = targets[t.name].get("target", {}), targets[t.name]["weight"]
             value = jnp.zeros((), x.dtype)
             for i, layer in enumerate(t.layers):
-                per_layer = t.spec.loss(feats[layer], target.get(layer), t.opts)
+                per_layer = t.spec.loss(layersets.entry_features(feats, layer), target.get(layer),
+                                        t.entry_opts(layer))
                 value = value + weight[i].astype(per_layer.dtype) * per_layer
             named[t.name] = value
         values = list(named.values())

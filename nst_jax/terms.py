@@ -10,7 +10,7 @@ A term of the objective has two halves:
 
   so that changing a weight or a target reuses the compiled step, and ``vmap`` can batch over them.
 
-A *kind* is registered once with :func:`register`: a pure single-image, single-layer loss, how a target
+A *kind* is registered once with :func:`register`: a pure single-image, single-entry loss, how a target
 is made from one image's features, and how the targets of several style images are blended. A new
 statistic is one function plus one registration::
 
@@ -20,6 +20,11 @@ statistic is one function plus one registration::
 after which ``nst_jax.stylize(content, style, style_loss="mean")`` uses it. The features a term reads are
 VGG-19 activations ``(H, W, C)`` by layer name, plus the image itself under :data:`INPUT` (Caffe space,
 ``(H, W, 3)``): total variation is a term like the others.
+
+An entry of a term's ``layers`` is one layer, or a pair of layers ``"deep:shallow"`` (see
+:mod:`nst_jax.layersets`) for the kinds registered with ``pairs=True`` (``"gram"``: cross-layer Gram matrices,
+Novak & Nikulin): such a kind receives the tuple ``(F_shallow, F_deep)`` as its features. Every kind's
+functions find the entry they are evaluated on in their options, under ``"layer"``.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses, mrf
+from nst_jax import layersets, losses, mrf
 
 #: Name of the image itself among the features a term can read.
 INPUT = "input"
 
 #: Where a kind's target comes from: the content image, the style image(s), or nowhere (a regularizer).
 SOURCES = ("content", "style", None)
+
+#: The option under which a kind's functions receive the entry (layer or pair) they are evaluated on.
+ENTRY_OPTION = "layer"
 
 Options = Mapping[str, Hashable]
 
@@ -76,6 +84,7 @@ class Kind:
     blend: Callable[[Sequence[Any], Sequence, Options], Any]
     source: str | None
     views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None
+    pairs: bool = False
 
 
 _REGISTRY: dict[str, Kind] = {}
@@ -85,16 +94,17 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
              make_target: Callable[[jax.Array, Options], Any] | None = None,
              blend: Callable[[Sequence[Any], Sequence, Options], Any] = weighted_mean, *,
              source: str | None = "style",
-             views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None) -> Kind:
+             views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None, pairs: bool = False) -> Kind:
     """Registers (or replaces) a kind of loss term.
 
     Args:
         kind: its name (``Term.kind``; for a style statistic also a value of ``Settings.style_loss``).
-        loss: ``loss(features, target, options) -> scalar``: the unweighted loss of one layer of one image
-            (``features`` ``(H, W, C)``; ``target`` what ``blend`` made, or None without a source). Pure and
-            traceable: it runs under ``jit``, ``grad`` and ``vmap``.
+        loss: ``loss(features, target, options) -> scalar``: the unweighted loss of one entry of one image
+            (``features`` ``(H, W, C)``, or ``(F_shallow, F_deep)`` for a pair entry; ``target`` what ``blend``
+            made, or None without a source; ``options`` the term's, plus the entry under
+            :data:`ENTRY_OPTION`). Pure and traceable: it runs under ``jit``, ``grad`` and ``vmap``.
         make_target: ``make_target(features, options) -> statistic`` (any pytree of arrays), computed once
-            per source image and layer, outside the optimization; None for a term without a target.
+            per source image and entry, outside the optimization; None for a term without a target.
         blend: ``blend(statistics, weights, options) -> target``: the target of several style images from
             their statistics and normalized blend weights (also called with a single image, weight 1).
             :func:`weighted_mean` for statistics that average (Gram matrices, moments); :func:`concatenate`
@@ -104,6 +114,8 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
             (Caffe space ``(H, W, 3)``, any sizes; e.g. rotated and scaled copies of a style image). Each goes
             through the network; their ``make_target`` statistics are blended by ``blend`` with equal weights
             into that image's statistic. None: the image itself.
+        pairs: whether the kind reads pair entries ``"deep:shallow"`` (cross-layer statistics); kinds without
+            refuse them when a term is made.
 
     Returns:
         The registered :class:`Kind`.
@@ -114,7 +126,7 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         raise ValueError(f"kind {kind!r}: a term with a source needs make_target, and one without a source none.")
     if views is not None and source is None:
         raise ValueError(f"kind {kind!r}: views are of the source image; a term without a source has none.")
-    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views)
+    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views, bool(pairs))
     return _REGISTRY[kind]
 
 
@@ -144,8 +156,9 @@ class Term:
     Attributes:
         kind: a registered kind (:func:`register`).
         name: its key in the loss dict and in the targets pytree ("content", "style", "tv", ...).
-        layers: the VGG-19 layers it reads (canonical names), or :data:`INPUT` for the image itself; one
-            weight and one target per layer.
+        layers: its entries: VGG-19 layers (canonical names), pairs of layers ``"deep:shallow"`` (kinds
+            registered with ``pairs=True``; see :mod:`nst_jax.layersets`), or :data:`INPUT` for the image
+            itself; one weight and one target per entry.
         options: static options, as sorted ``(key, value)`` pairs (build with :meth:`make`).
     """
 
@@ -156,16 +169,39 @@ class Term:
 
     @classmethod
     def make(cls, kind: str, name: str, layers: Sequence[str], **options: Hashable) -> "Term":
-        """A term with keyword options (kept sorted, so equal options give equal, equally hashed terms)."""
-        get(kind)
+        """A term with keyword options (kept sorted, so equal options give equal, equally hashed terms).
+
+        Pair entries are canonicalized (deeper layer first, see :func:`nst_jax.layersets.canonical_entry`).
+
+        Raises:
+            ValueError: an unknown kind, the name "total", a reserved option, or a pair entry for a kind that
+                reads single layers.
+        """
+        spec = get(kind)
         if name == "total":
             raise ValueError("'total' is the sum of the terms; name the term otherwise.")
-        return cls(kind, name, tuple(layers), tuple(sorted(options.items())))
+        if ENTRY_OPTION in options:
+            raise ValueError(f"option {ENTRY_OPTION!r} is reserved (the entry a kind is evaluated on); "
+                             "name the option otherwise.")
+        if isinstance(layers, str):
+            layers = (layers,)
+        layers = tuple(layersets.canonical_entry(l) if layersets.is_pair(l) else l for l in layers)
+        pairs = [l for l in layers if layersets.is_pair(l)]
+        if pairs and not spec.pairs:
+            raise ValueError(f"loss term kind {kind!r} reads single layers, not pairs such as {pairs[0]!r}; "
+                             "use single layers, or a kind registered with pairs=True such as 'gram'.")
+        return cls(kind, name, layers, tuple(sorted(options.items())))
 
     @property
     def opts(self) -> Options:
-        """The options as a read-only mapping (what the kind's functions receive)."""
+        """The options as a read-only mapping (the kind's functions receive them with the entry added:
+        :meth:`entry_opts`)."""
         return MappingProxyType(dict(self.options))
+
+    def entry_opts(self, entry: str) -> Options:
+        """The options the kind's functions receive for one entry: :attr:`opts` plus the entry under
+        :data:`ENTRY_OPTION`."""
+        return MappingProxyType({**dict(self.options), ENTRY_OPTION: entry})
 
     @property
     def spec(self) -> Kind:
@@ -183,7 +219,9 @@ class Term:
 
 
 # --------------------------------------------------------------------------
-# The built-in kinds (formulas in nst_jax.losses and nst_jax.mrf)
+# The built-in kinds (formulas in nst_jax.losses and nst_jax.mrf). The options of "gram": shift (the activation
+# shift), precision, blur (bool: blur a pair's deeper map |l - k| times, Novak & Nikulin §3.6) and adjacent (bool:
+# one Gram per neighbour offset, §4.3); it reads single layers and pairs.
 # --------------------------------------------------------------------------
 
 
@@ -192,7 +230,11 @@ def _mse(features, target, options):
 
 
 def _gram(features, options):
-    return losses.gram(features, options.get("shift", 0.0), precision=options.get("precision"))
+    # A single layer is the pair of the layer with itself (the same array: the classic Gram, computed as ever).
+    shallow, deep = features if isinstance(features, tuple) else (features, features)
+    blur = layersets.blur_count(options[ENTRY_OPTION]) if options.get("blur") else 0
+    return losses.cross_gram(shallow, deep, options.get("shift", 0.0), precision=options.get("precision"),
+                             blur=blur, adjacent=options.get("adjacent", False))
 
 
 def _gram_loss(features, target, options):
@@ -226,7 +268,7 @@ def _mrf_views(image, options):
 
 
 register("mse", _mse, make_target=lambda features, options: features, source="content")
-register("gram", _gram_loss, make_target=_gram)
+register("gram", _gram_loss, make_target=_gram, pairs=True)
 register("w2", _w2_loss, make_target=lambda features, options: losses.moments(features), blend=_w2_blend)
 register(mrf.KIND, _mrf_loss, make_target=_mrf_target, blend=concatenate, views=_mrf_views)
 register("tv", _tv, source=None)

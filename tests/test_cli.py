@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nst_jax import cli, images
+from nst_jax import cli, images, presets
 from nst_jax.config import Settings
 
 ROOT = Path(__file__).parents[1]
@@ -77,6 +77,7 @@ def test_help_shows_every_meaningful_default(capsys):
 
 # One non-default value per setting: the flags that set it and the value it must get.
 NON_DEFAULT = {
+    "method": (["--method", "classic"], "classic"),
     "image_size": (["--image-size", "100"], 100),
     "style_scale": (["--style-scale", "0.5"], 0.5),
     "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
@@ -89,7 +90,10 @@ NON_DEFAULT = {
     "tv_weight": (["--tv-weight", "0"], 0.0),
     "content_layer_weights": (["--content-layer-weights", "2"], (2.0,)),
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
+    "layer_weighting": (["--layer-weighting", "geometric"], "geometric"),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
+    "style_blur": (["--style-blur", "--style-layers", "relu2_1:relu1_2"], True),
+    "style_adjacent": (["--style-adjacent"], True),
     "style_loss": (["--style-loss", "w2"], "w2"),
     "mrf_stride": (["--style-loss", "mrf", "--mrf-stride", "2"], 2),
     "mrf_rotations": (["--style-loss", "mrf", "--mrf-rotations", "-7.5", "0", "7.5"], (-7.5, 0.0, 7.5)),
@@ -142,7 +146,7 @@ def test_flags_match_settings_fields_exactly():
 
 # Settings that are only used together with another one (setting them alone is an error).
 NEEDS = {"init_image": "init", "scale_iterations": "scales", "mrf_stride": "style_loss", "mrf_rotations": "style_loss",
-         "mrf_scales": "style_loss"}
+         "mrf_scales": "style_loss", "style_blur": "style_layers"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
@@ -151,7 +155,8 @@ def test_each_flag_sets_its_field(name):
     s = _settings_of(argv)
     assert getattr(s, name) == expected != getattr(Settings(), name)
     changed = [f.name for f in dataclasses.fields(Settings) if getattr(s, f.name) != getattr(Settings(), f.name)]
-    assert set(changed) == {name, NEEDS.get(name, name)}
+    preset = set(presets.get(expected).values) if name == "method" else set()  # a method sets its preset's fields
+    assert {name, NEEDS.get(name, name)} <= set(changed) <= {name, NEEDS.get(name, name)} | preset
 
 
 def test_boolean_flags_can_be_turned_off():
@@ -263,7 +268,7 @@ def test_help_lists_the_subcommands(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("stylize", "batch", "sweep"):
+    for command in ("stylize", "batch", "sweep", "layers", "compare"):
         assert f"    {command} " in out
 
 

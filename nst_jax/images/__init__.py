@@ -55,7 +55,9 @@ from nst_jax.images.write import (
     read_metadata,
     same_file,
     save_image,
+    save_text,
     software_name,
+    text_tag,
 )
 
 __all__ = [
@@ -80,8 +82,10 @@ __all__ = [
     "rgb_to_yuv",
     "same_file",
     "save_image",
+    "save_text",
     "software_name",
     "target_size",
+    "text_tag",
     "to_pil",
     "to_uint8",
     "yuv_to_rgb",

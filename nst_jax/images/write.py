@@ -133,7 +133,8 @@ def is_own_output(path: str | os.PathLike[str]) -> bool:
     ``save_image`` tags every image with its Software name, ``nst_jax <version>``:
     a PNG text chunk, the EXIF Software tag in JPEG, WebP and TIFF; only the
     header is read. A ``.json`` file (e.g. a sweep's losses) is ours if its
-    top-level ``"software"`` holds that name. A missing, unreadable or untagged
+    top-level ``"software"`` holds that name, a ``.md`` file (a comparison's
+    table) if its first line is :func:`text_tag`. A missing, unreadable or untagged
     file (including every format we cannot tag) is not ours, so it is replaced
     only when the user says so (``check_overwrite``).
     """
@@ -144,6 +145,13 @@ def is_own_output(path: str | os.PathLike[str]) -> bool:
         except (OSError, ValueError, AttributeError):
             return False
         return str(software).startswith(METADATA_KEY + " ")
+    if path.suffix.lower() == ".md":
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline()
+        except (OSError, ValueError):
+            return False
+        return first.startswith("<!-- " + METADATA_KEY + " ")
     try:
         with Image.open(path) as img:
             if img.format == "PNG":
@@ -225,6 +233,29 @@ def _metadata_options(fmt: str, metadata: dict | None) -> dict:
     if text is not None:
         exif[_EXIF_DESCRIPTION] = text  # ASCII: json.dumps escapes non-ASCII
     return {"exif": exif}
+
+
+def text_tag() -> str:
+    """The first line of the text files nst_jax writes (:func:`save_text`): an HTML comment naming it, which
+    markdown viewers do not show and :func:`is_own_output` recognizes."""
+    return f"<!-- {software_name()} -->"
+
+
+def save_text(text: str, path: str | os.PathLike[str]) -> Path:
+    """Writes a text file atomically (as :func:`save_image`: temporary file, fsync, rename; only the last level
+    of a missing directory is created), :func:`text_tag` as its first line.
+
+    Raises:
+      ImageError: a directory that cannot be created or written, or a failed write.
+    """
+    path = Path(path).expanduser()
+    data = (text_tag() + "\n" + text).encode("utf-8")
+    _make_parent_dir(path)
+    try:
+        _atomic_write(path, lambda f: f.write(data))
+    except (OSError, ValueError) as e:
+        raise ImageError(f"could not write '{path}' ({e}); check free disk space and permissions") from e
+    return path
 
 
 def software_name() -> str:
