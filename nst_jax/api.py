@@ -147,7 +147,8 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
 
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
             overwrite: bool = False, callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
-            hook: optim.Hook | None = None, **overrides) -> Result:
+            hook: optim.Hook | None = None,
+            image_callback: Callable[[optim.Record, np.ndarray], None] | None = None, **overrides) -> Result:
     """Stylizes one content image (or, without one, synthesizes a texture).
 
     Args:
@@ -165,6 +166,9 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         progress: show a progress bar (``tqdm.auto``: terminal or notebook).
         hook: an in-step hook (:data:`nst_jax.optim.Hook`), applied inside the compiled step after each
             update; None (default) leaves the step as it is.
+        image_callback: called like ``callback`` at each progress record, with the record and the image at
+            that iteration as the output would be (float32 ``(H, W, 3)`` RGB in [0, 1], at the stage's size),
+            for live previews (``nst-jax serve``); each call copies the image from the device.
 
     Returns:
         A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
@@ -215,6 +219,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
                             **({"size": size} if len(plan) > 1 else {}))
         if callback is not None:
             callback(rec)
+        if image_callback is not None:
+            image_callback(rec, finish_image(state.x, content_img, s))
         stage_it = int(state.iteration)
         if (stop.stage.last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
                 and stage_it < s.num_iterations):
