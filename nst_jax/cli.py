@@ -1,7 +1,8 @@
 """Command line: one parser with subcommands; argument parsing only, the work is done by the library.
 
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
-:mod:`nst_jax.batch_cli` adds that subcommand) and ``nst-jax sweep`` (a grid of loss weights). The settings
+:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights) and ``nst-jax serve``
+(a local web page, :mod:`nst_jax.web`, imported only by that command: it needs the ``web`` extra). The settings
 flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 """
@@ -24,7 +25,7 @@ from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep")
+COMMANDS = ("stylize", "batch", "sweep", "serve")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -47,6 +48,10 @@ examples:
 One swept weight gives a row of cells, two give rows x columns (the first swept flag, in the order
 content, style, tv, runs down the rows). Every other flag applies to all cells.
 """
+SERVE_DESCRIPTION = ("A local web page: upload a content and a style image, set the main options, watch the image "
+                     "change during the run and download the result (PNG with the settings as metadata). One run "
+                     "at a time. The settings flags apply to every run; the page starts from their values of the "
+                     "options it shows. Needs the web extra: pip install -e '.[web]'.")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -96,20 +101,31 @@ def _add_sweep_parser(subparsers) -> None:
     add_settings_arguments(parser, several=SWEEPABLE)
 
 
+def _add_serve_parser(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="A local web page to stylize by clicking.",
+                                   description=SERVE_DESCRIPTION)
+    parser.set_defaults(run=_run_serve)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to listen on (default: 127.0.0.1, this computer only; the page has no login).")
+    parser.add_argument("--port", type=int, default=8000, help="Port (default: 8000; 0: any free port).")
+    add_settings_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
-    subcommands ``stylize``, ``batch`` and ``sweep``."""
+    subcommands ``stylize``, ``batch``, ``sweep`` and ``serve``."""
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_stylize_arguments(parser)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
-                                     help="stylize (the default), batch or sweep; see nst-jax COMMAND --help")
+                                     help="stylize (the default), batch, sweep or serve; see nst-jax COMMAND --help")
     stylize = commands.add_parser("stylize", help=STYLIZE_DESCRIPTION, description=STYLIZE_DESCRIPTION,
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
+    _add_serve_parser(commands)
     return parser
 
 
@@ -203,6 +219,18 @@ def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     for weights, r in zip(result.cells, result.results):
         last = r.history[-1]
         print(f"  {', '.join(sweep.label(weights))}: loss {last.total:.6g} ({last.iteration} iterations)")
+    return 0
+
+
+def _run_serve(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    try:
+        from nst_jax import web  # the web extra is optional: imported only here
+    except ModuleNotFoundError as e:
+        fail(parser, str(e))
+    try:
+        web.serve(ns.host, ns.port, settings_from_args(ns))
+    except (ValueError, WeightsError) as e:
+        fail(parser, error_message(e))
     return 0
 
 
