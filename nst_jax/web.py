@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import typing
 from importlib import resources
 from pathlib import Path
 
@@ -51,11 +52,11 @@ except ModuleNotFoundError as e:
                               f"pip install -e '.[web]' (from a clone) or pip install 'nst-jax[web]'",
                               name=e.name) from e
 
-from nst_jax import api, images, optim, terms
+from nst_jax import api, config, images, optim, terms
 from nst_jax.config import SettingError, Settings
 from nst_jax.weights import WeightsError
 
-#: The settings the page offers, in its order, with their labels; every other setting keeps its default.
+#: The settings the page offers, in its order, with their labels; every other setting keeps the server's value.
 OPTIONS = {
     "image_size": "Image size (long side, px)",
     "num_iterations": "Iterations",
@@ -78,10 +79,10 @@ def choices(name: str) -> tuple[str, ...] | None:
     """The values the page offers for a setting, or None for a number or a flag."""
     if name == "style_loss":
         return terms.kinds("style")  # what the registry holds, so a newly registered statistic shows up
-    if name == "init":
-        return ("random", "content", "style")  # 'image' needs a third file: left to the command line
+    if name == "init":  # 'image' needs a third file: left to the command line
+        return tuple(i for i in typing.get_args(config.Init) if i != "image")
     if name == "optimizer":
-        return ("lbfgs", "adam")
+        return typing.get_args(config.Optimizer)
     return None
 
 
@@ -100,8 +101,8 @@ def options(base: Settings | None = None) -> list[dict]:
 
 
 def preview_every(num_iterations: int) -> int:
-    """How often (iterations) a run hands an image to the page: about 20 times per run, at least every 10
-    iterations (each image is a copy from the device and a PNG encoding)."""
+    """How often (iterations) a run hands an image to the page: about 20 times per run, and at least every
+    10 iterations (each image costs a copy from the device and a PNG encoding)."""
     return max(1, min(10, num_iterations // 20))
 
 
