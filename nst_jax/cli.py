@@ -227,10 +227,14 @@ def _run_serve(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
         from nst_jax import web  # the web extra is optional: imported only here
     except ModuleNotFoundError as e:
         fail(parser, str(e))
+    received: list[int] = []
     try:
-        web.serve(ns.host, ns.port, settings_from_args(ns))
+        with sigterm_as_interrupt(received):  # so that kill, like Ctrl-C, removes the server's temporary files
+            web.serve(ns.host, ns.port, settings_from_args(ns))
     except (ValueError, WeightsError) as e:
         fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(received[-1] if received else signal.SIGINT), f"{parser.prog}: stopped.\n")
     return 0
 
 

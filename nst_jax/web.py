@@ -230,7 +230,7 @@ class Runner:
             self._download_name = f"{content.stem}_{style.stem}.png"
             self._stop.clear()
             self._thread = threading.Thread(target=self._work, args=(settings, content, style, self._result),
-                                            name="nst-jax-serve-run", daemon=True)
+                                            name="nst-jax-serve-run")
             self._thread.start()
         for old in self.workdir.glob("run-*"):  # the previous run's uploads and result
             if old != folder:
@@ -433,7 +433,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
-    """Runs the page's server until Ctrl-C: binds ``host:port``, loads the weights, prints the address.
+    """Runs the page's server until Ctrl-C: binds ``host:port``, loads the weights, prints the address. At the
+    end a run in progress is stopped at its next progress record (after its compilation, if it is compiling).
 
     Args:
         host: the address to listen on; the default is reachable from this computer only (the page has no
@@ -447,8 +448,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     """
     sock = listen(host, port)
     workdir = Path(tempfile.mkdtemp(prefix="nst-jax-serve-"))
+    runner = None
     try:
         app = create_app(settings, workdir)
+        runner = app.state.runner
         # load (or download) the weights now: a problem shows here, not on the page at the first run
         api.get_params(app.state.runner.base.weights)
         bound = sock.getsockname()[1]
@@ -460,7 +463,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         sock.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:  # Python cannot exit while a run's thread is inside XLA (it aborts): stop the run and wait for it
+            if runner is not None and runner.stop():
+                print("nst-jax serve: stopping the run in progress (at its next iteration)...", file=sys.stderr,
+                      flush=True)
+            if runner is not None:
+                runner.wait()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 __all__ = ["OPTIONS", "Busy", "Runner", "Stopped", "create_app", "listen", "options", "preview_every", "serve",

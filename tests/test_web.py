@@ -72,9 +72,11 @@ def server():
     yield url
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        code = proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        raise
+    assert code == 128 + 15, "".join(seen)  # SIGTERM stops it as Ctrl-C does (removing its temporary files)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_run_shows_the_image_changing_and_downloads_a_png_with_metadata(page, se
     assert page.get_attribute("#content-thumb", "src").startswith("blob:")  # thumbnails of the chosen files
     assert page.get_attribute("#style-thumb", "src").startswith("blob:")
     page.click("#start")
-    page.wait_for_function("() => document.getElementById('start').disabled")
+    page.wait_for_function("() => /^(Preparing|Iteration)/.test(document.getElementById('state').textContent)")
 
     # A second start while this one runs: a clear message, the run goes on.
     status, error = page.evaluate("async () => { const r = await fetch('run', {method: 'POST', body: formData()});"
@@ -145,6 +147,8 @@ def test_run_shows_the_image_changing_and_downloads_a_png_with_metadata(page, se
         if state.startswith(("Done", "The run failed")):
             break
         time.sleep(0.05)
+    if (src := page.get_attribute("#live", "src")) and src not in sources[-1:]:  # shown between the reads above
+        sources.append(src)
     assert page.inner_text("#error") == ""
     assert page.inner_text("#state").startswith("Done: 20 iterations"), page.inner_text("#state")
     assert len(sources) >= 2, f"the live image never changed: {sources}"  # iteration 0, ..., the final one
