@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import canvas, images, optim, vgg, weights
+from nst_jax import canvas, display, images, normalize, optim, provenance, vgg, weights
 from nst_jax.config import SettingError, Settings
 from nst_jax.objective import Objective, make_targets
 
@@ -33,6 +33,8 @@ class Result:
         output: where the image was written, if it was.
         weights: which VGG-19 weights made it (:func:`nst_jax.weights.describe`: file path and MD5, or random
             and seed); saved images record it.
+        inputs: the input images (:func:`nst_jax.provenance.describe_inputs`: role, file name, path and a short
+            hash); saved images record them, with the software versions and device.
     """
 
     array: np.ndarray
@@ -41,6 +43,7 @@ class Result:
     output: Path | None = None
     snapshots: list[Path] = field(default_factory=list)
     weights: dict | None = None
+    inputs: list[dict] | None = None
 
     @property
     def image(self):
@@ -53,17 +56,29 @@ class Result:
         return self.history[-1].total
 
     def save(self, path, *, metadata: dict | None = None) -> Path:
-        """Writes the output atomically (PNG gets the settings and the weights used as metadata)."""
+        """Writes the output atomically; its metadata (PNG text, EXIF elsewhere) records how it was made: the
+        settings, the weights, the inputs, the software and device, the final losses, plus ``metadata``."""
+        last = self.history[-1] if self.history else None
         meta = {"settings": self.settings.to_dict(), **({"weights": self.weights} if self.weights else {}),
+                **({"inputs": self.inputs} if self.inputs is not None else {}),
+                "environment": provenance.environment(), "created": provenance.now(),
+                **({"iterations": last.iteration, "loss": last.total, "terms": dict(last.terms)} if last else {}),
                 **(metadata or {})}
         return images.save_image(self.array, path, metadata=meta)
 
-    def _repr_png_(self) -> bytes:  # notebooks display the result
-        import io
+    def __repr__(self) -> str:  # one line, not the array
+        return display.result_text(self)
 
-        buf = io.BytesIO()
-        self.image.save(buf, format="PNG")
-        return buf.getvalue()
+    def _repr_html_(self) -> str:  # notebooks: the picture and a small loss table
+        return display.result_html(self)
+
+    def _repr_png_(self) -> bytes:  # frontends without HTML: the picture
+        return display.png_bytes(self.array)
+
+    def plot(self, ax=None, *, x: str = "iteration", terms=None):
+        """Draws the loss curves (every weighted term and the total, log scale) against ``x`` ("iteration" or
+        "time"); needs matplotlib (the ``[report]`` extra). Returns the matplotlib Axes."""
+        return display.plot_history(self.history, ax, x=x, terms=terms)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -109,7 +124,13 @@ def weights_used(spec: str | None) -> dict:
 
 
 def _weights_key(spec: str | None) -> str | None:
-    """``spec`` with ``$NST_JAX_WEIGHTS`` applied and a path made absolute: one cache entry per file."""
+    """``spec`` with ``$NST_JAX_WEIGHTS`` applied and a path made absolute: one cache entry per file.
+
+    ``"normalized"`` becomes the path of the normalized VGG-19 of the default weights, computed here on first
+    use (:func:`nst_jax.normalize.normalized_weights`), so outputs record that file and its provenance.
+    """
+    if spec == weights.NORMALIZED:
+        return str(normalize.normalized_weights())
     if spec is None:
         spec = os.environ.get("NST_JAX_WEIGHTS") or None
     if spec is not None and spec != "random":
@@ -147,7 +168,7 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
 
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
             overwrite: bool = False, callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
-            hook: optim.Hook | None = None,
+            hook: optim.Hook | None = None, preview_every: int = 0,
             image_callback: Callable[[optim.Record, np.ndarray], None] | None = None, **overrides) -> Result:
     """Stylizes one content image (or, without one, synthesizes a texture).
 
@@ -166,6 +187,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         progress: show a progress bar (``tqdm.auto``: terminal or notebook).
         hook: an in-step hook (:data:`nst_jax.optim.Hook`), applied inside the compiled step after each
             update; None (default) leaves the step as it is.
+        preview_every: in a notebook, show the image and replace it in place every this many iterations (0:
+            no preview; outside a notebook nothing is shown).
         image_callback: called like ``callback`` at each progress record, with the record and the image at
             that iteration as the output would be (float32 ``(H, W, 3)`` RGB in [0, 1], at the stage's size),
             for live previews (``nst-jax serve``); each call copies the image from the device.
@@ -183,6 +206,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             ``partial`` file (with ``output``) and ``array``.
     """
     s = make_settings(settings, **overrides)
+    if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 0:
+        raise ValueError(f"preview_every must be an integer >= 0 (0: no preview), got {preview_every!r}.")
     inputs = input_paths(content, style, s)
     out_path = None
     if s.save_every and output is None:
@@ -200,23 +225,34 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     styles = prepare_styles(style, s)
     params = get_params(s.weights)
     used = weights_used(s.weights)
-    meta = {"settings": s.to_dict(), "weights": used}  # what every file written below records
+    described = provenance.describe_inputs(inputs)
+    # what every file written below records
+    meta = {"settings": s.to_dict(), "weights": used, "inputs": described, "environment": provenance.environment()}
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
     plan = coarse_to_fine(s)
     history: list[optim.Record] = []
     snapshots: list[Path] = []
-    bar = _progress_bar(sum(st.iterations for st in plan)) if progress else None
+    bar = display.ProgressBar(sum(st.iterations for st in plan), sizes=len(plan) > 1) if progress else None
+    preview = display.Preview() if preview_every else None
+
+    def on_advance(stage: Stage, iterations: int, state: optim.State) -> None:
+        it = offsets[stage] + iterations
+        if bar is not None:
+            bar.advance(it, state)
+        if preview is not None and preview.active and iterations % preview_every == 0:
+            preview.update(finish_image(state.x, content_img, s), f"iteration {it}, {stage.size} px")
+
+    offsets: dict = {}
 
     def on_stop(stop: Stop) -> None:
         state, size = stop.state, stop.stage.size
+        offsets[stop.stage] = stop.offset
         it = stop.offset + int(state.iteration)
         rec = add_record(history, it, jax.device_get(state.terms), stop.elapsed, size)
         if bar is not None:
-            bar.update(it - bar.n)
-            bar.set_postfix(loss=f"{rec.total:.4g}", content=f"{rec.content:.3g}", style=f"{rec.style:.3g}",
-                            **({"size": size} if len(plan) > 1 else {}))
+            bar.record(rec)
         if callback is not None:
             callback(rec)
         if image_callback is not None:
@@ -245,11 +281,14 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     try:
         state, _ = run_stages(plan, prepare, stepper, chunk_size=s.chunk_size, print_every=s.print_every,
-                              save_every=s.save_every, on_stop=on_stop, resize=upsample)
-        result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots, weights=used)
+                              save_every=s.save_every, on_stop=on_stop, resize=upsample,
+                              on_advance=on_advance if bar is not None or preview is not None else None)
+        result = Result(finish_image(state.x, content_img, s), history, s, snapshots=snapshots, weights=used,
+                        inputs=described)
+        if preview is not None and preview.active:
+            preview.update(result.array, f"final: iteration {result.history[-1].iteration}, loss {result.loss:.4g}")
         if out_path is not None:
-            result.output = result.save(out_path, metadata={"iterations": int(state.iteration),
-                                                            "loss": result.loss})
+            result.output = result.save(out_path)
     except KeyboardInterrupt as e:
         raise _save_partial(latest, content_img, s, out_path, inputs, overwrite, meta) from e
     except optim.NonFiniteLossError as e:
@@ -325,7 +364,7 @@ def _keeping_latest(stepper: optim.Stepper, loop: str, latest: dict, offset: int
             state = keep(stepper.advance(state, k))
         return state
 
-    return optim.Stepper(lambda x0: keep(stepper.init(x0)), advance)
+    return optim.Stepper(lambda x0: keep(stepper.init(x0)), advance, stepper.per_iteration)
 
 
 def _save_partial(latest: dict, content_img: np.ndarray, s: Settings, out_path: Path | None, inputs,
@@ -356,12 +395,6 @@ def _write_partial(array: np.ndarray, iteration: int, out_path: Path, inputs, ov
     except images.ImageError as e:
         return None, str(e)
     return path, None
-
-
-def _progress_bar(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="it", dynamic_ncols=True, leave=False)
 
 
 __all__: Sequence[str] = ["Interrupted", "Result", "stylize", "get_params", "make_settings", "partial_path",

@@ -28,6 +28,9 @@ one such process per host (or per GPU) as Ray actors.
 The stylizer (:class:`BatchStylizer`, :func:`stylize_batch`, :func:`stylize_grid`) lives in
 :mod:`nst_jax.stylizer`, jobs over folders (:func:`run_job`, :class:`BatchJob`, :class:`JobSummary`, ...)
 in :mod:`nst_jax.job` and :mod:`nst_jax.jobfiles`; they are re-exported here.
+
+Size: one concern, how a batch is laid out and run (bucketing, per-image programs or ``vmap``, sharding,
+padding, the memory model that sizes it); the stylizer and the job runner are already modules of their own.
 """
 
 from __future__ import annotations

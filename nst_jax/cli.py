@@ -1,8 +1,9 @@
 """Command line: one parser with subcommands; argument parsing only, the work is done by the library.
 
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
-:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights) and ``nst-jax serve``
-(a local web page, :mod:`nst_jax.web`, imported only by that command: it needs the ``web`` extra). The settings
+:mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights), ``nst-jax
+normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`) and ``nst-jax serve`` (a local web page,
+:mod:`nst_jax.web`, imported only by that command: it needs the ``web`` extra). The settings
 flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 """
@@ -10,6 +11,7 @@ flag with the same default and help text.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
@@ -17,15 +19,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import api, batch_cli, canvas, optim, sweep
+from nst_jax import __version__, aliases, api, batch_cli, canvas, images, normalize, optim, provenance, sweep
 from nst_jax.config import Settings
-from nst_jax.flags import (add_settings_arguments, error_message, fail, report_created_directory,
+from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
 from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "serve")
+COMMANDS = ("stylize", "batch", "sweep", "info", "normalize-weights", "serve")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -36,6 +38,12 @@ examples:
   nst-jax sweep --content photo.jpg --style painting.jpg --style-weight 10 100 1000 --output grid.png
 
 Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
+"""
+SHORT_USAGE = f"""\
+usage: nst-jax --content PHOTO --style PAINTING --output OUT.png [options]
+       nst-jax COMMAND ...   (commands: {', '.join(COMMANDS)})
+
+Try 'nst-jax --help' for the options and examples, or 'nst-jax COMMAND --help'.
 """
 SWEEP_DESCRIPTION = ("Stylize one image with every combination of the given --content-weight, --style-weight "
                      "and --tv-weight values in one compiled batch; writes a labelled grid and the final losses "
@@ -81,7 +89,22 @@ def _add_stylize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Replace an existing output (or snapshot) file that nst-jax did not write (default: "
                              "refuse; previous nst-jax outputs are always replaced, inputs never).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument("--from", dest="from_output", metavar="IMAGE",
+                        help="Rerun with the settings recorded in an nst-jax output (see nst-jax info); flags given "
+                             "here override them, and the recorded style images are used unless --style is given.")
     add_settings_arguments(parser)
+
+
+def _add_info_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="How an output was made (inputs, weights, settings, losses).",
+                                   description="Print what an nst-jax output records about how it was made: the "
+                                               "input images (with short hashes), the weights, the settings that "
+                                               "differ from the defaults, the final losses, the software and device.")
+    parser.set_defaults(run=_run_info)
+    parser.add_argument("image", help="An image written by nst-jax (PNG, JPEG, WebP or TIFF).")
+    parser.add_argument("--json", action="store_true", help="Print the recorded metadata as JSON.")
+    parser.add_argument("--all", action="store_true", help="List every setting, not only those that differ from "
+                                                           "the defaults.")
 
 
 def _add_sweep_parser(subparsers) -> None:
@@ -113,18 +136,22 @@ def _add_serve_parser(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
-    subcommands ``stylize``, ``batch``, ``sweep`` and ``serve``."""
+    subcommands ``stylize``, ``batch``, ``sweep``, ``info``, ``normalize-weights`` and ``serve``."""
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     _add_stylize_arguments(parser)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
-                                     help="stylize (the default), batch, sweep or serve; see nst-jax COMMAND --help")
+                                     help=f"one of {', '.join(COMMANDS)} (stylize is the default); see "
+                                          "nst-jax COMMAND --help")
     stylize = commands.add_parser("stylize", help=STYLIZE_DESCRIPTION, description=STYLIZE_DESCRIPTION,
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
+    _add_info_parser(commands)
+    _add_normalize_parser(commands)
     _add_serve_parser(commands)
     return parser
 
@@ -135,6 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores warnings.showwarning afterwards
         warnings.showwarning = show_warning
         parser = build_parser()
+        if not argv:
+            parser.exit(2, SHORT_USAGE)
+        try:
+            argv, notes = aliases.translate(argv)
+        except aliases.AliasError as e:
+            fail(parser, str(e))
+        for note in notes:
+            print(f"nst-jax: note: {note}", file=sys.stderr)
         ns = parser.parse_args(argv)
         if ns.command is not None and argv[0] != ns.command:
             fail(parser, f"put the command first: nst-jax {ns.command} ... (flags before it are not "
@@ -167,12 +202,53 @@ def _canvas_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace, s:
     return s
 
 
+def _recorded(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The metadata of an nst-jax output, or exit with an error naming the file."""
+    try:
+        meta = images.read_metadata(path)
+    except images.ImageError as e:
+        fail(parser, str(e))
+    if not meta or "settings" not in meta:
+        fail(parser, f"'{path}' records no nst-jax settings: it was not written by nst-jax (or its metadata was "
+                     "stripped, e.g. by an image editor); pass the flags instead.")
+    return meta
+
+
+def _from_output(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> Settings:
+    """``--from IMAGE``: the recorded settings with the flags given on top; the recorded style images unless
+    ``--style`` is given."""
+    meta = _recorded(parser, ns.from_output)
+    given = given_settings(ns)
+    settings, ignored = Settings.from_dict(meta["settings"], **given)
+    if ignored:
+        warnings.warn(f"'{ns.from_output}' records settings this version does not know, ignored: "
+                      f"{', '.join(ignored)}", stacklevel=1)
+    if ns.style is None:
+        styles = [i["path"] for i in meta.get("inputs", []) if i.get("role", "").startswith("style") and "path" in i]
+        missing = [p for p in styles if not Path(p).is_file()]
+        if missing:
+            fail(parser, f"the style image recorded in '{ns.from_output}' is not there any more: {missing[0]}; "
+                         "pass --style IMAGE.")
+        ns.style = styles or None
+    return settings
+
+
+def _run_info(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    meta = _recorded(parser, ns.image)
+    if ns.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    print(provenance.report(meta, all_settings=ns.all))
+    return 0
+
+
 def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     received: list[int] = []
     if ns.output is None:
         fail(parser, "--output is required: the path of the image to write (e.g. --output out.png).")
     try:
-        settings = _canvas_settings(parser, ns, settings_from_args(ns))
+        base = _from_output(parser, ns) if ns.from_output else settings_from_args(ns)
+        settings = _canvas_settings(parser, ns, base)
         if ns.content is None and settings.content_weight:
             fail(parser, f"--content is missing: pass --content IMAGE, or --content-weight 0 to synthesize a "
                          f"texture (canvas: --image-size by --aspect, or --size HxW); got --content-weight "
@@ -192,10 +268,10 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
             parser.exit(code, f"nst-jax: {e}.\n")
         parser.exit(code, "nst-jax: interrupted; no output was written.\n")
     last = result.history[-1]
-    print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
-          f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     for snap in result.snapshots:
         print(f"snapshot {snap}")
+    print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
+          f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     return 0
 
 
@@ -219,6 +295,57 @@ def _run_sweep(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     for weights, r in zip(result.cells, result.results):
         last = r.history[-1]
         print(f"  {', '.join(sweep.label(weights))}: loss {last.total:.6g} ({last.iteration} iterations)")
+    return 0
+
+
+NORMALIZE_DESCRIPTION = (
+    "Write the normalized VGG-19 (Novak & Nikulin's activation shift -1 assumes it): the weights rescaled so that "
+    "every channel's mean post-ReLU activation over a set of images (the bundled examples and --images) and all "
+    "positions is 1. The .npz records its provenance (source weights, images, size, pooling, scales); pass it "
+    "with --weights FILE. --weights normalized computes the default one on first use.")
+NORMALIZE_EXAMPLES = """\
+examples:
+  nst-jax normalize-weights                 # the file --weights normalized uses, in the weights cache
+  nst-jax normalize-weights --images photos/ --size 512 --output vgg19_normalized.npz
+  nst-jax normalize-weights --weights random --size 64 --output random_normalized.npz   # smoke test
+"""
+
+
+def _add_normalize_parser(subparsers) -> None:
+    parser = subparsers.add_parser("normalize-weights", help="Write the normalized VGG-19 (unit mean activations).",
+                                   description=NORMALIZE_DESCRIPTION, epilog=NORMALIZE_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_normalize)
+    parser.add_argument("--weights", help="The weights to normalize: a .h5/.npz file or 'random' (default: "
+                                          "$NST_JAX_WEIGHTS, then the cache, then download, as nst-jax).")
+    parser.add_argument("--images", nargs="+", action="extend", default=[], metavar="IMAGE",
+                        help="Images to measure on besides the bundled examples: files, folders, glob patterns or "
+                             "text files listing one image per line.")
+    parser.add_argument("--no-examples", action="store_true",
+                        help="Measure on --images only, without the bundled example images.")
+    parser.add_argument("--size", type=int, default=normalize.DEFAULT_SIZE, metavar="PX",
+                        help="Long side the images are resized to (default: %(default)s).")
+    parser.add_argument("--pooling", choices=("avg", "max"), default=normalize.DEFAULT_POOLING,
+                        help="Pooling of the measuring network (default: %(default)s, as the paper's base code).")
+    parser.add_argument("--output", help="The .npz to write (default: the weights cache, named after the source "
+                                         "weights' MD5 and the images, size and pooling; with the defaults it is "
+                                         "the file --weights normalized reads).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file.")
+
+
+def _run_normalize(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    try:
+        sources = [path for spec in ns.images for path in images.list_images(spec)]
+        result = normalize.normalize_weights(ns.output, ns.weights, sources, examples=not ns.no_examples,
+                                             size=ns.size, pooling=ns.pooling, overwrite=ns.overwrite)
+    except (ValueError, WeightsError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(signal.SIGINT), f"{parser.prog}: interrupted; no file was written.\n")
+    meta = result.metadata
+    print(f"wrote {result.path}: normalized VGG-19 of {normalize.describe_source(meta['source'])} on "
+          f"{len(meta['images'])} image(s) at {meta['size']} px, {meta['pooling']} pooling; "
+          f"{meta['dead_channels']} channel(s) never active (kept at scale 1)")
     return 0
 
 

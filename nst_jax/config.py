@@ -9,6 +9,9 @@ Every field is checked when a ``Settings`` is made (types, ranges, and
 combinations where one setting would be ignored or fail later); a bad value
 raises :class:`SettingError`, whose message names the field (or, on the
 command line, its flag).
+
+Size: one field per option with its help text, then the check of every field and combination; a field and
+its check are kept in one file so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ LineSearch = Literal["none", "zoom", "backtracking", "jaxopt"]
 Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
-StyleLoss = Literal["gram", "w2"]
+StyleLoss = Literal["gram", "w2", "mrf"]
+
+
+#: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
+#: first field above it (the command line's help groups the flags so).
+SECTIONS = (("images", "image_size"), ("losses", "content_layers"), ("network", "weights"),
+            ("optimization", "num_iterations"), ("output", "print_every"))
 
 
 def _opt(default, help: str, **kw):
@@ -71,14 +80,26 @@ class Settings:
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
     style_loss: StyleLoss = _opt(
-        "gram", "Style statistic: 'gram' (Gram matrices, neural-style) or 'w2' (Wasserstein-2 distance between "
+        "gram", "Style statistic: 'gram' (Gram matrices, neural-style), 'w2' (Wasserstein-2 distance between "
                 "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
-                "another scale than 'gram': retune style_weight); from Python also any style kind registered "
-                "with nst_jax.terms.register.")
+                "another scale than 'gram': retune style_weight) or 'mrf' (CNN-MRF, Li & Wand: each 3x3 patch of "
+                "activations pulled to its nearest style patch; CNNMRF's layers relu3_1 relu4_1, content layer "
+                "relu4_2, its weights and augmentation are nst_jax.mrf.RECOMMENDED); from Python also any style "
+                "kind registered with nst_jax.terms.register.")
+    mrf_stride: int = _opt(1, "style_loss='mrf': stride of the 3x3 patches taken from the style's activations (2 "
+                              "keeps about a quarter of them, as CNNMRF, for large style images).")
+    mrf_rotations: tuple[float, ...] = _opt(
+        (0.0,), "style_loss='mrf': rotations of the style image, in degrees counter-clockwise, whose patches are "
+                "matched (each cropped to its inner rectangle; CNNMRF: -7.5 0 7.5).")
+    mrf_scales: tuple[float, ...] = _opt(
+        (1.0,), "style_loss='mrf': scales of each rotated style image whose patches are matched (CNNMRF: "
+                "0.952 1 1.05).")
 
     # --- network
-    weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), or unset "
-                                     "for $NST_JAX_WEIGHTS, then the cache, then download.")
+    weights: str | None = _opt(None, "VGG-19 weights: a .h5/.npz file, 'random' (for smoke tests), 'normalized' "
+                                     "(the unset choice rescaled to unit mean activations, computed once and "
+                                     "cached; see nst-jax normalize-weights), or unset for $NST_JAX_WEIGHTS, then "
+                                     "the cache, then download.")
     pooling: Literal["max", "avg"] = _opt("max", "Pooling of VGG-19.")
     padding: Literal["zero", "reflect"] = _opt("zero", "Padding of VGG-19's convolutions.")
     precision: Precision | None = _opt(None, "Matmul/conv precision (default/high/highest); unset = backend default.")
@@ -140,6 +161,29 @@ class Settings:
         """Plain JSON-able dict of the settings."""
         return {f.name: (list(v) if isinstance(v, tuple) else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: dict, **overrides) -> tuple["Settings", list[str]]:
+        """The settings a :meth:`to_dict` describes (e.g. an output's metadata), with ``overrides`` on top.
+
+        Returns:
+            ``(settings, ignored)``: ``ignored`` names the keys that are not settings of this version (a file
+            written by another version of nst_jax); they are left out.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        return cls(**{**known, **overrides}), sorted(set(values) - names)
+
+
+def section_of(name: str) -> str:
+    """The topic (:data:`SECTIONS`) of the :class:`Settings` field ``name``."""
+    starts = {first: topic for topic, first in SECTIONS}
+    topic = SECTIONS[0][0]
+    for f in dataclasses.fields(Settings):
+        topic = starts.get(f.name, topic)
+        if f.name == name:
+            return topic
+    raise KeyError(name)
 
 
 class SettingError(ValueError):
@@ -239,6 +283,9 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "conv_algorithm": ("auto", "direct", "winograd"),
 }
+
+#: Each field's default (settings that are only used with another one must keep it otherwise).
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 # Upper bounds. Iteration counts and intervals are traced as int32 in the compiled loop; weights, rates and
 # tolerances are used in float32, whose largest finite value is 3.4e+38.
@@ -344,12 +391,23 @@ def _weights(name, values, count=None, what=""):
     return vals
 
 
+def _numbers(name, values, lo: float, hi: float, what: str) -> tuple[float, ...]:
+    """One or more numbers in ``[lo, hi]`` (a single number is a list of one)."""
+    items = [values] if isinstance(values, numbers.Real) and not isinstance(values, bool) else \
+        _items(name, values, what)
+    vals = tuple(_real(name, v) for v in items)
+    if not vals or not all(lo <= v <= hi for v in vals):
+        raise SettingError("{0} must be one or more " + what + ", got {got!r}.", name, got=values)
+    return vals
+
+
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
     for name in ("original_colors", "remat"):
         _set(s, name, _flag(name, getattr(s, name)))
-    _set(s, "weights", _path("weights", s.weights, "a weights file path (.h5 or .npz), 'random', or None"))
+    _set(s, "weights", _path("weights", s.weights,
+                             "a weights file path (.h5 or .npz), 'random', 'normalized', or None"))
     _set(s, "init_image", _path("init_image", s.init_image, "an image file path or None"))
     _set(s, "image_size", _integer("image_size", s.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
     for name, lo in (("num_iterations", 0), ("lbfgs_history", 1), ("chunk_size", 1), ("print_every", 0),
@@ -364,6 +422,10 @@ def _validate(s: Settings) -> None:
         _set(s, name, _real(name, getattr(s, name), nonneg=True))
     _set(s, "activation_shift", _real("activation_shift", s.activation_shift))
     _set(s, "style_loss", _style_loss(s.style_loss))
+    _set(s, "mrf_stride", _integer("mrf_stride", s.mrf_stride, 1, 64))
+    _set(s, "mrf_rotations", _numbers("mrf_rotations", s.mrf_rotations, -45.0, 45.0,
+                                      "angles in degrees between -45 and 45"))
+    _set(s, "mrf_scales", _numbers("mrf_scales", s.mrf_scales, 0.25, 4.0, "scales between 0.25 and 4"))
     if s.aspect is not None:
         _set(s, "aspect", _positive("aspect", s.aspect))
     for name in ("style_scale", "epsilon"):
@@ -438,6 +500,10 @@ def _validate_combinations(s: Settings) -> None:
         raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
                            "leave {activation_shift} at 0.", "activation_shift", "style_loss",
                            style_loss=s.style_loss)
+    for name in ("mrf_stride", "mrf_rotations", "mrf_scales"):
+        if s.style_loss != "mrf" and getattr(s, name) != _DEFAULTS[name]:
+            raise SettingError("{0} is only used with {style_loss='mrf'}, got {style_loss=}: add {style_loss='mrf'} "
+                               "or leave {0} unset.", name, "style_loss", style_loss=s.style_loss)
     if s.init == "image" and not s.init_image:
         raise SettingError("{init=} needs {init_image}: the path of the image to start from.",
                            "init", "init_image", init=s.init)

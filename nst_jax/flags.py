@@ -20,7 +20,7 @@ import typing
 from collections.abc import Collection
 from pathlib import Path
 
-from nst_jax.config import SettingError, Settings
+from nst_jax.config import SECTIONS, SettingError, Settings, section_of
 
 _TUPLE_OF_STR = {"content_layers", "style_layers"}
 
@@ -54,11 +54,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
             per value); their values come back as lists, which :func:`settings_from_args` does not read.
     """
     hints = typing.get_type_hints(Settings)
-    group = parser.add_argument_group("settings (see nst_jax.Settings)")
+    groups = {topic: parser.add_argument_group(f"{topic} settings") for topic, _ in SECTIONS}
     for f in dataclasses.fields(Settings):
         tp = _strip_optional(hints[f.name])
+        group = groups[section_of(f.name)]
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        kw["help"] += f" (default: {_show(f.default)})"
+        shown = _show(f.default)
+        if shown is not None:
+            kw["help"] += f" (default: {shown})"
         origin = typing.get_origin(tp)
         if f.name in several:
             if tp not in (int, float):  # pragma: no cover - a programming error
@@ -81,14 +84,17 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
         group.add_argument(flag(f.name), **kw)
 
 
-def _show(v):
+def _show(v) -> str | None:
+    """A default as the help shows it; None where showing it says nothing (unset, empty, off)."""
+    if v is None or v is False or v == ():
+        return None
     if isinstance(v, tuple):
         return ",".join(map(str, v))
-    return v
+    return str(v)
 
 
-def settings_from_args(ns: argparse.Namespace, *, exclude: Collection[str] = ()) -> Settings:
-    """Builds validated :class:`Settings` from parsed flags (unset flags, and ``exclude``, keep their defaults)."""
+def given_settings(ns: argparse.Namespace, *, exclude: Collection[str] = ()) -> dict:
+    """The :class:`Settings` fields given as flags (not validated yet): ``{field: value}``."""
     names = {f.name for f in dataclasses.fields(Settings)} - set(exclude)
     given = {k: v for k, v in vars(ns).items() if k in names}
     for k in _TUPLE_OF_STR & given.keys():
@@ -96,7 +102,12 @@ def settings_from_args(ns: argparse.Namespace, *, exclude: Collection[str] = ())
     for k, v in list(given.items()):
         if isinstance(v, list):
             given[k] = tuple(v)
-    return Settings(**given)
+    return given
+
+
+def settings_from_args(ns: argparse.Namespace, *, exclude: Collection[str] = ()) -> Settings:
+    """Builds validated :class:`Settings` from parsed flags (unset flags, and ``exclude``, keep their defaults)."""
+    return Settings(**given_settings(ns, exclude=exclude))
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -8,6 +8,9 @@ that exists and that nst_jax wrote (it is complete); bad inputs fail alone and a
 ``<output_dir>/nst_jax_summary.json``. Jobs survive faults: a killed job's leftovers are cleaned by the next
 run, jobs sharing a folder claim each image and merge the summary, a full disk stops the job, and the
 journal records each image done (:mod:`nst_jax.jobfiles`).
+
+Size: one concern, the life of a job over a folder (plan, resume, claims, per-batch work, summary); the
+file formats it writes are in :mod:`nst_jax.jobfiles`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nst_jax import images
+from nst_jax import images, provenance
 from nst_jax.batch import MAX_DEFAULT_BATCH
 from nst_jax.config import Settings
 from nst_jax.jobfiles import (JOURNAL_NAME, SUMMARY_NAME, Claim, DiskFullError, ImageStatus, JobSummary,
@@ -162,8 +165,9 @@ class BatchJob:
                         finish(k, ImageStatus(str(path), None, "failed", error=str(r), seconds=t))
                         continue
                     last = r.history[-1]
+                    r.inputs = [provenance.describe_input("content image", path)] + (r.inputs or [])
                     try:
-                        r.save(out, metadata={"input": str(path), "iterations": last.iteration, "loss": last.total})
+                        r.save(out, metadata={"input": str(path)})
                     except images.ImageError as e:
                         full = disk_full_error(e, out, input=str(path))
                         finish(k, ImageStatus(str(path), None, "failed", error=str(full or e), seconds=t),

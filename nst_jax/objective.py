@@ -113,8 +113,10 @@ class Objective:
         if s.content_weight:
             found.append(Term.make("mse", "content", s.content_layers))
         if s.style_weight:
-            # A Gram matrix's options; other statistics take none from the settings.
+            # A Gram matrix's and the MRF loss's options; other statistics take none from the settings.
             opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss == "gram" else {}
+            if s.style_loss == "mrf":
+                opts = dict(stride=s.mrf_stride, rotations=s.mrf_rotations, scales=s.mrf_scales, precision=s.precision)
             found.append(Term.make(s.style_loss, "style", s.style_layers, **opts))
         if s.tv_weight:
             found.append(Term.make("tv", "tv", (INPUT,)))
@@ -181,7 +183,17 @@ class Objective:
         ``source`` ("content" or "style"): each kind's ``make_target`` of the image's features."""
         chosen = [t for t in self.terms if t.source == source]
         feats = self.features(params, image, self.source_layers(source)) if chosen else {}
-        return {t.name: {l: t.spec.make_target(feats[l], t.opts) for l in t.layers} for t in chosen}
+        return {t.name: self._term_statistics(params, image, feats, t) for t in chosen}
+
+    def _term_statistics(self, params, image: jax.Array, feats: dict, term: Term) -> dict:
+        """``{layer: statistic}`` of one term from an image and its features; a kind with ``views`` (e.g. the
+        MRF loss's rotated and scaled style images) blends the statistics of each view with equal weights."""
+        kind, opts = term.spec, term.opts
+        if kind.views is None:
+            return {l: kind.make_target(feats[l], opts) for l in term.layers}
+        views = [feats if v is image else self.features(params, v, term.layers) for v in kind.views(image, opts)]
+        equal = jnp.full((len(views),), 1.0 / len(views))
+        return {l: kind.blend([kind.make_target(f[l], opts) for f in views], equal, opts) for l in term.layers}
 
     def blend(self, stats: Sequence[dict], blend_weights: jax.Array) -> dict[str, dict]:
         """The style targets from the :meth:`statistics` of several style images and normalized blend weights

@@ -36,6 +36,10 @@ Optimizers:
   settings of ``"zoom"``. jaxopt is archived upstream; kept as an independent
   reference.
 * ``adam``: ``optax.adam``.
+
+Size: the steppers (three L-BFGS variants, Adam), their shared state layout, the NaN rollback and the
+driver of both loop forms change together (a field of the state touches all of them), so they stay in one
+module rather than being spread over several that would import each other's internals.
 """
 
 from __future__ import annotations
@@ -418,10 +422,13 @@ def _steps_jit(objective, spec, params, state, targets, n, hook=None):
 
 
 class Stepper(NamedTuple):
-    """Compiled entry points of one problem: ``init(x0)`` and ``advance(state, n)``."""
+    """Compiled entry points of one problem: ``init(x0)`` and ``advance(state, n)``; ``per_iteration``: whether
+    ``advance`` makes one compiled call per iteration (the "step" loop form), so that advancing one iteration
+    at a time costs nothing extra."""
 
     init: Callable[[jax.Array], State]
     advance: Callable[[State, int], State]
+    per_iteration: bool = False
 
 
 def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets, loop: str = "auto",
@@ -438,7 +445,7 @@ def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets
             return state
         return _steps_jit(objective, spec, params, state, targets, jnp.asarray(n, jnp.int32), **with_hook)
 
-    return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets), advance)
+    return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets), advance, loop == "step")
 
 
 @dataclass(frozen=True)
@@ -541,9 +548,11 @@ def checkpoints(num_iterations: int, *everys: int) -> list[int]:
 
 def run(stepper: Stepper, x0: jax.Array, num_iterations: int, *, chunk_size: int = 25,
         stops: list[int] | None = None, on_stop: Callable[[State, float], None] | None = None,
-        raise_nonfinite: bool = True) -> State:
+        raise_nonfinite: bool = True, on_advance: Callable[[int, State], None] | None = None) -> State:
     """Drives ``stepper`` for ``num_iterations``, calling ``on_stop(state, elapsed)`` at iteration 0 and at
-    each of ``stops``; stops early once every image is done.
+    each of ``stops``; stops early once every image is done. ``on_advance(iterations, state)``, if given, is
+    called after every compiled call (each iteration in the "step" loop form) with the iterations run so far
+    (a host int: no device transfer), e.g. for a progress bar.
 
     An image whose loss becomes NaN/inf stops at its last finite iteration (:func:`step`). Python sees it
     at the next stop; ``raise_nonfinite=False`` (batches) leaves it in ``state.nonfinite`` and goes on with
@@ -564,10 +573,14 @@ def run(stepper: Stepper, x0: jax.Array, num_iterations: int, *, chunk_size: int
     for stop in (s for s in stops if 0 < s <= num_iterations):
         if bool(jnp.all(state.done)):
             break
+        # one iteration per call where that is free ("step" form), so that on_advance sees every iteration
+        per_call = 1 if on_advance is not None and stepper.per_iteration else chunk_size
         while it < stop:
-            n = min(chunk_size, stop - it)
+            n = min(per_call, stop - it)
             state = stepper.advance(state, n)
             it += n
+            if on_advance is not None:
+                on_advance(it, state)
         if raise_nonfinite:
             _check_finite(state)
         if on_stop:

@@ -161,6 +161,7 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
                stepper: Callable[[Stage, object, int | np.ndarray], optim.Stepper], *, chunk_size: int,
                print_every: int, save_every: int = 0, on_stop: Callable[[Stop], None] | None = None,
                on_stage_end: Callable[[Stop], None] | None = None, raise_nonfinite: bool = True,
+               on_advance: Callable[[Stage, int, optim.State], None] | None = None,
                resize: Callable[[jax.Array, tuple[int, int]], jax.Array] = upsample) -> tuple[optim.State, object]:
     """Runs the coarse-to-fine stages of one image or of a batch: the pipeline's single stage loop.
 
@@ -177,6 +178,8 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
         chunk_size, print_every, save_every: as in :class:`~nst_jax.config.Settings`.
         on_stop: called with a :class:`Stop` at each look at the state.
         on_stage_end: called with a :class:`Stop` of each stage's final state.
+        on_advance: called as ``on_advance(stage, iterations, state)`` after every compiled call (see
+            :func:`nst_jax.optim.run`), ``iterations`` counted within the stage.
         raise_nonfinite: raise on a non-finite loss (one image); a batch leaves it in ``state.nonfinite``.
         resize: how a stage's result becomes the next stage's start (default :func:`upsample`).
 
@@ -201,7 +204,8 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
         try:
             state = optim.run(stepper(stage, inputs.targets, offset), x0, stage.iterations, chunk_size=chunk_size,
                               stops=optim.checkpoints(stage.iterations, print_every, save_every if stage.last else 0),
-                              on_stop=look if on_stop is not None else None, raise_nonfinite=raise_nonfinite)
+                              on_stop=look if on_stop is not None else None, raise_nonfinite=raise_nonfinite,
+                              on_advance=None if on_advance is None else functools.partial(on_advance, stage))
         except optim.NonFiniteLossError as e:
             raise e.shifted(offset) from None
         if on_stage_end is not None:

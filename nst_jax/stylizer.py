@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import api, images, optim, pipeline, vgg
+from nst_jax import api, display, images, optim, pipeline, provenance, vgg
 from nst_jax import objective as objective_mod
 from nst_jax.batch import (PER_IMAGE_SETTINGS, batch_settings, default_batch_size, fit_to_size, run_batch_stages,
                            split_targets)
@@ -58,6 +59,10 @@ class BatchStylizer:
         if grid and not style_sets:
             raise ValueError("no style image given: pass at least one.")
         self.styles = [api.prepare_styles(st, s) for st in style_sets]
+        # recorded in every result (and so in every output) with its content image
+        self.style_inputs = [provenance.describe_inputs(
+            (("style image" if not isinstance(st, (list, tuple)) or len(st) == 1 else f"style image {i}", one)
+             for i, one in enumerate(st if isinstance(st, (list, tuple)) else [st], 1))) for st in style_sets]
         self.params = api.get_params(s.weights)
         self.weights = api.weights_used(s.weights)  # recorded in every output and in job summaries
         self.objective = Objective.from_settings(s)
@@ -177,7 +182,7 @@ class BatchStylizer:
         x = run.images()
         return [run.errors[k] if run.errors[k] is not None else
                 api.Result(pipeline.finish_image(x[k], contents[i], s), run.histories[k], per_image[i][0],
-                           weights=self.weights)
+                           weights=self.weights, inputs=list(self.style_inputs[style_indices[i]]))
                 for k, i in enumerate(chunk)]
 
     def stylize(self, contents: Sequence, style_indices: Sequence[int] | None = None, *, progress: bool = True,
@@ -196,6 +201,7 @@ class BatchStylizer:
                 for i, r in zip(chunk, outcomes):
                     if isinstance(r, Exception):
                         raise r
+                    r.inputs = [provenance.describe_input("content image", contents[i])] + (r.inputs or [])
                     results[i] = r
                 if bar is not None:
                     bar.update(len(chunk))
@@ -221,7 +227,7 @@ def _bar_postfix(bar):
 
 def stylize_batch(contents: Sequence, style, settings: Settings | None = None, *, batch_size: int | None = None,
                   output_size=None, progress: bool = True, loss_weights: Sequence[Mapping | None] | None = None,
-                  **overrides) -> list[api.Result]:
+                  **overrides) -> display.Results:
     """Stylizes many content images with one style in compiled batches; one :class:`Result` per image.
 
     Each image gets what :func:`nst_jax.stylize` would give it alone (same start, same optimizer, state
@@ -242,7 +248,7 @@ def stylize_batch(contents: Sequence, style, settings: Settings | None = None, *
             1e4)])``: one compiled, vmapped call; each result's ``settings`` are its own.
 
     Returns:
-        Results in input order.
+        Results in input order (a list that a notebook shows as a labelled row of pictures).
 
     Raises:
         ValueError / images.ImageError: a bad setting or image, naming it.
@@ -251,14 +257,15 @@ def stylize_batch(contents: Sequence, style, settings: Settings | None = None, *
     """
     contents = list(contents)
     if not contents:
-        return []
+        return display.Results()
     stylizer = BatchStylizer(style, settings, batch_size=batch_size, output_size=output_size, **overrides)
-    return stylizer.stylize(contents, progress=progress, loss_weights=loss_weights)
+    return display.Results(stylizer.stylize(contents, progress=progress, loss_weights=loss_weights),
+                           labels=[_label(c, i) for i, c in enumerate(contents)])
 
 
 def stylize_grid(contents: Sequence, styles: Sequence, settings: Settings | None = None, *,
                  batch_size: int | None = None, output_size=None, progress: bool = True,
-                 **overrides) -> list[list[api.Result]]:
+                 **overrides) -> display.Grid:
     """Stylizes every content image with every style in compiled batches (a style grid).
 
     The pairs of one shape are batched together, style targets per pair. ``grid[i][j]`` equals
@@ -270,13 +277,25 @@ def stylize_grid(contents: Sequence, styles: Sequence, settings: Settings | None
         settings, batch_size, output_size, progress, overrides: as for :func:`stylize_batch`.
 
     Returns:
-        ``grid[i][j]``: the result of content ``i`` with style ``j``.
+        ``grid[i][j]``: the result of content ``i`` with style ``j`` (a list of lists that a notebook shows as a
+        table of pictures).
     """
     contents, styles = list(contents), list(styles)
     if not contents or not styles:
-        return [[] for _ in contents]
+        return display.Grid([[] for _ in contents])
     stylizer = BatchStylizer(styles, settings, batch_size=batch_size, output_size=output_size, grid=True,
                              **overrides)
     pairs = [(i, j) for i in range(len(contents)) for j in range(len(styles))]
     flat = stylizer.stylize([contents[i] for i, _ in pairs], [j for _, j in pairs], progress=progress)
-    return [flat[i * len(styles):(i + 1) * len(styles)] for i in range(len(contents))]
+    return display.Grid([flat[i * len(styles):(i + 1) * len(styles)] for i in range(len(contents))],
+                        row_labels=[_label(c, i) for i, c in enumerate(contents)],
+                        col_labels=[_label(st, j) for j, st in enumerate(styles)])
+
+
+def _label(image, index: int) -> str:
+    """A short name of an input in a notebook's grid: its file name, or its index."""
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).name
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, (str, os.PathLike)) for i in image):
+        return " + ".join(Path(i).name for i in image)
+    return str(index)

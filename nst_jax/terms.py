@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses
+from nst_jax import losses, mrf
 
 #: Name of the image itself among the features a term can read.
 INPUT = "input"
@@ -75,6 +75,7 @@ class Kind:
     make_target: Callable[[jax.Array, Options], Any] | None
     blend: Callable[[Sequence[Any], Sequence, Options], Any]
     source: str | None
+    views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None
 
 
 _REGISTRY: dict[str, Kind] = {}
@@ -83,7 +84,8 @@ _REGISTRY: dict[str, Kind] = {}
 def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
              make_target: Callable[[jax.Array, Options], Any] | None = None,
              blend: Callable[[Sequence[Any], Sequence, Options], Any] = weighted_mean, *,
-             source: str | None = "style") -> Kind:
+             source: str | None = "style",
+             views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None) -> Kind:
     """Registers (or replaces) a kind of loss term.
 
     Args:
@@ -98,6 +100,10 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
             :func:`weighted_mean` for statistics that average (Gram matrices, moments); :func:`concatenate`
             for banks of samples.
         source: which image the target is made from: "style", "content", or None (no target).
+        views: ``views(image, options) -> images``: the images a target is made from, given one source image
+            (Caffe space ``(H, W, 3)``, any sizes; e.g. rotated and scaled copies of a style image). Each goes
+            through the network; their ``make_target`` statistics are blended by ``blend`` with equal weights
+            into that image's statistic. None: the image itself.
 
     Returns:
         The registered :class:`Kind`.
@@ -106,7 +112,9 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
     if (make_target is None) != (source is None):
         raise ValueError(f"kind {kind!r}: a term with a source needs make_target, and one without a source none.")
-    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source)
+    if views is not None and source is None:
+        raise ValueError(f"kind {kind!r}: views are of the source image; a term without a source has none.")
+    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views)
     return _REGISTRY[kind]
 
 
@@ -175,7 +183,7 @@ class Term:
 
 
 # --------------------------------------------------------------------------
-# The built-in kinds (formulas in nst_jax.losses)
+# The built-in kinds (formulas in nst_jax.losses and nst_jax.mrf)
 # --------------------------------------------------------------------------
 
 
@@ -205,7 +213,20 @@ def _w2_blend(stats, weights, options):
     return losses.w2_target(weighted_mean(stats, weights), eps=options.get("eps", losses.W2_EPS))
 
 
+def _mrf_loss(features, target, options):
+    return mrf.loss(features, target, chunk=options.get("chunk", mrf.CHUNK), precision=options.get("precision"))
+
+
+def _mrf_target(features, options):
+    return mrf.target(features, stride=options.get("stride", 1))
+
+
+def _mrf_views(image, options):
+    return mrf.views(image, options.get("rotations", (0.0,)), options.get("scales", (1.0,)))
+
+
 register("mse", _mse, make_target=lambda features, options: features, source="content")
 register("gram", _gram_loss, make_target=_gram)
 register("w2", _w2_loss, make_target=lambda features, options: losses.moments(features), blend=_w2_blend)
+register(mrf.KIND, _mrf_loss, make_target=_mrf_target, blend=concatenate, views=_mrf_views)
 register("tv", _tv, source=None)

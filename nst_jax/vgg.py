@@ -13,6 +13,9 @@ Conventions (the Caffe/Keras ones, so converted weights are used unchanged):
 * Kernels are HWIO, ``(3, 3, C_in, C_out)``; ``conv1_1``'s input channels are
   in BGR order (the weights come from Caffe).
 * Params pytree: ``{"params": {"conv1_1": {"kernel", "bias"}, ...}}``.
+
+Size: one concern, the network (layer names and aliases, pre/post-processing, the Flax module, the
+Winograd preparation of its kernels, parameter shapes); no I/O.
 """
 
 from __future__ import annotations
@@ -395,12 +398,14 @@ class FeatureExtractor:
             layers: layer names (canonical or Keras aliases), or a comma-separated string.
 
         Returns:
-            ``{canonical layer name: (N, H_l, W_l, C_l)}``, in the order requested.
+            ``{name: (N, H_l, W_l, C_l)}`` keyed by the names as given (``"block5_conv1"`` stays
+            ``"block5_conv1"``, the same activations as ``"relu5_1"``), in the order requested.
         """
-        layers = canonical_layers(layers)
+        asked = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
+        unique = canonical_layers(asked)  # also: at least one name
         images = check_images(images)
-        out = self._features(self.params, images, layers)
-        return {name: out[name] for name in layers}  # jit returns dicts with sorted keys
+        out = self._features(self.params, images, unique)  # jit returns dicts with sorted keys
+        return {name: out[canonical_layer(name.strip())] for name in asked}
 
 
 def check_images(images) -> jax.Array:

@@ -23,7 +23,6 @@ Needs the ``web`` extra (Starlette, uvicorn, python-multipart): ``pip install -e
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import shutil
@@ -52,7 +51,7 @@ except ModuleNotFoundError as e:
                               f"pip install -e '.[web]' (from a clone) or pip install 'nst-jax[web]'",
                               name=e.name) from e
 
-from nst_jax import api, config, images, optim, terms
+from nst_jax import api, config, display, images, optim, provenance, terms
 from nst_jax.config import SettingError, Settings
 from nst_jax.weights import WeightsError
 
@@ -254,10 +253,9 @@ class Runner:
     # ---- the run (background thread)
 
     def _on_image(self, record: optim.Record, image) -> None:
-        buf = io.BytesIO()
-        images.to_pil(image).save(buf, format="PNG", compress_level=1)  # a preview: fast over small
+        png = display.png_bytes(image)
         with self._lock:
-            self._record, self._latest, self._preview = record, image, buf.getvalue()
+            self._record, self._latest, self._preview = record, image, png
             self._previews += 1
             self._state, self._message = "running", "running"
         if self._stop.is_set():
@@ -269,12 +267,13 @@ class Runner:
                 result = api.stylize(content, style, settings, progress=False, image_callback=self._on_image)
                 result.save(out)
                 self._finish("done", "done")
-            except Stopped:  # the latest image, marked unfinished
+            except Stopped:  # the latest image, with what a result records, marked unfinished as Ctrl-C's are
                 with self._lock:
                     record, latest = self._record, self._latest
-                images.save_image(latest, out, metadata={"settings": settings.to_dict(),
-                                                         "weights": api.weights_used(settings.weights),
-                                                         "iteration": record.iteration, "partial": True})
+                inputs = provenance.describe_inputs(api.input_paths(content, style, settings))
+                partial = api.Result(latest, [record], settings, weights=api.weights_used(settings.weights),
+                                     inputs=inputs)
+                partial.save(out, metadata={"iteration": record.iteration, "partial": True})
                 self._finish("stopped", f"stopped at iteration {record.iteration}")
         except USER_ERRORS as e:
             self._finish("error", "error", error=error_text(e))

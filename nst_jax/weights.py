@@ -16,6 +16,10 @@ Resolution of ``weights=None`` (:func:`resolve_params`), first match wins:
 3. a download of that file into the cache (:func:`fetch_weights`): one process
    downloads while others wait on a lock file, and a failure leaves nothing behind.
 
+``weights="normalized"`` is the normalized VGG-19 (unit mean activation per
+channel, :mod:`nst_jax.normalize`) derived from the weights that ``None``
+resolves to, computed on first use and cached beside them.
+
 Nothing ever falls back to random weights: a failure raises
 :class:`WeightsError` saying what went wrong and how to fix it. Random weights,
 when asked for, are announced once per process on the ``nst_jax.weights``
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import re
@@ -50,7 +55,7 @@ from nst_jax.vgg import CONV_LAYERS, VGG19, FeatureExtractor, Padding, Pooling, 
 __all__ = [
     "KERAS_URL", "KERAS_MD5", "KERAS_FILENAME", "ENV_WEIGHTS", "ENV_CACHE", "WeightsError",
     "cache_dir", "describe", "fetch_weights", "load_vgg19", "resolve_params", "random_params",
-    "load_params", "load_keras_h5", "load_npz", "save_npz",
+    "load_params", "load_keras_h5", "load_npz", "save_npz", "npz_metadata", "NPZ_METADATA", "NORMALIZED",
 ]
 
 #: The Keras applications VGG-19 "no top" file (convolutional layers only).
@@ -65,6 +70,10 @@ KERAS_FILENAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 ENV_WEIGHTS = "NST_JAX_WEIGHTS"
 #: Environment variable: the cache folder (default ``pooch.os_cache("nst_jax")``).
 ENV_CACHE = "NST_JAX_CACHE"
+#: The ``weights`` value for the normalized VGG-19 of the default weights (see :mod:`nst_jax.normalize`).
+NORMALIZED = "normalized"
+#: Key of the provenance record (a JSON string) in an ``.npz`` written by :func:`save_npz` with ``metadata``.
+NPZ_METADATA = "nst_jax_metadata"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -101,8 +110,11 @@ def load_vgg19(weights: Any = None, pooling: Pooling = "max", padding: Padding =
             cached Keras file, then a download; see the module docstring); a path
             to a Keras ``.h5`` file or to an ``.npz`` written by :func:`save_npz`;
             the string ``"random"`` for seeded random weights (smoke tests only:
-            features of a random network are not useful for style transfer); or a
-            params pytree ``{"params": {...}}``.
+            features of a random network are not useful for style transfer); the
+            string ``"normalized"`` for the normalized VGG-19 of the weights that
+            ``None`` resolves to (:func:`nst_jax.normalize.normalized_weights`:
+            computed once, then read from the cache); or a params pytree
+            ``{"params": {...}}``.
         pooling: ``"max"`` (as trained) or ``"avg"``.
         padding: ``"zero"`` (as trained) or ``"reflect"``.
         precision: conv precision, ``None``/``"default"``, ``"high"`` or ``"highest"``.
@@ -124,8 +136,8 @@ def resolve_params(weights: Any = None, *, progress: bool = True) -> dict:
 
     Args:
         weights: as in :func:`load_vgg19`: ``None`` (``$NST_JAX_WEIGHTS``, cache,
-            download), ``"random"``, a path (``str``/``PathLike``; to load a file
-            literally named ``random`` pass ``Path("random")``) or a params dict.
+            download), ``"random"``, ``"normalized"``, a path (``str``/``PathLike``; to load a
+            file literally named ``random`` or ``normalized`` pass a ``Path``) or a params dict.
         progress: show a progress bar if the weights are downloaded.
 
     Returns:
@@ -139,6 +151,8 @@ def resolve_params(weights: Any = None, *, progress: bool = True) -> dict:
         return _default_params(progress=progress)
     if isinstance(weights, str) and weights == "random":
         return _announced_random_params(seed=0)
+    if isinstance(weights, str) and weights == NORMALIZED:
+        return load_npz(_normalize_module().normalized_weights(progress=progress))
     if isinstance(weights, Mapping):
         check_params(weights)
         return {"params": {k: dict(v) for k, v in weights["params"].items()}}
@@ -163,7 +177,11 @@ def describe(weights: Any = None) -> dict:
         ``{"source": "random", "seed": 0}``; ``{"source": "file", "path": <absolute
         path>, "md5": <hex>}``, with ``"url"`` added for the default Keras file
         (its MD5 is the published one, which is checked before it is used); or
-        ``{"source": "params"}`` for a params dict given in memory.
+        ``{"source": "params"}`` for a params dict given in memory. An ``.npz`` that
+        carries a provenance record (:func:`save_npz` with ``metadata``, e.g. a
+        normalized VGG-19) adds it as ``"provenance"``. ``"normalized"`` is the
+        record of its cached file once computed, before that ``{"source":
+        "normalized", "path": <where it will be>, "of": <the record of None>}``.
 
     Raises:
         WeightsError: the weights file does not exist, or ``weights`` is of a wrong type.
@@ -178,6 +196,10 @@ def describe(weights: Any = None) -> dict:
                 "url": KERAS_URL}
     if isinstance(weights, str) and weights == "random":
         return {"source": "random", "seed": 0}
+    if isinstance(weights, str) and weights == NORMALIZED:
+        path = _normalize_module().default_normalized_path()
+        return _file_record(path) if path.is_file() else {"source": NORMALIZED, "path": str(path.resolve()),
+                                                           "of": describe(None)}
     if isinstance(weights, Mapping):
         return {"source": "params"}
     if isinstance(weights, (str, os.PathLike)):
@@ -186,7 +208,17 @@ def describe(weights: Any = None) -> dict:
 
 
 def _file_record(path: Path) -> dict:
-    return {"source": "file", "path": str(path.resolve()), "md5": _file_digest(path, "md5")}
+    record = {"source": "file", "path": str(path.resolve()), "md5": _file_digest(path, "md5")}
+    provenance = _file_provenance(path)
+    return {**record, "provenance": provenance} if provenance is not None else record
+
+
+def _normalize_module():
+    """:mod:`nst_jax.normalize`, imported when ``"normalized"`` is asked for: it builds on this module (it
+    resolves the source weights and writes the file with :func:`save_npz`), so it cannot be imported above."""
+    from nst_jax import normalize
+
+    return normalize
 
 
 def _bad_weights_argument(weights: Any) -> WeightsError:
@@ -392,6 +424,25 @@ def _cached_digest(path: str, alg: str, inode: int, size: int, mtime_ns: int) ->
     return pooch.file_hash(path, alg=alg)
 
 
+def _file_provenance(path: Path) -> dict | None:
+    """The provenance record of an ``.npz`` (:func:`npz_metadata`), read once per version of the file; None for
+    other files and for an ``.npz`` without one."""
+    st = path.stat()
+    text = _cached_provenance(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    return None if text is None else json.loads(text)  # a new dict for every caller
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_provenance(path: str, inode: int, size: int, mtime_ns: int) -> str | None:
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        metadata = npz_metadata(path)
+    except WeightsError:
+        return None  # an unreadable file is reported when it is loaded, not by the record of which file it is
+    return None if metadata is None else json.dumps(metadata)
+
+
 class _DownloadProgress:
     """The ``progressbar`` of ``pooch.HTTPDownloader``, which sets ``total`` once the server has answered.
 
@@ -505,7 +556,7 @@ def _download_failed_message(url: str, target: Path, error: Exception) -> str:
         "Fix, if this machine is offline or the server is unreachable:\n"
         f"  - download {url} on another machine and copy it to {str(target)!r} "
         f"(the cache folder; set ${ENV_CACHE} to choose another), or\n"
-        f"  - point ${ENV_WEIGHTS} at the downloaded file (or pass its path as weights=...), or\n"
+        f"  - point ${ENV_WEIGHTS} at the downloaded file (or pass its path: --weights PATH / weights=PATH), or\n"
         "  - for smoke tests only, use random weights explicitly: weights='random' / --weights random.")
 
 
@@ -760,12 +811,19 @@ def _role(wname: str, array: np.ndarray) -> str:
     return "kernel" if array.ndim == 4 else "bias"
 
 
-def save_npz(params: Mapping, path: PathLike) -> Path:
+def save_npz(params: Mapping, path: PathLike, metadata: Mapping | None = None) -> Path:
     """Writes params to our canonical ``.npz`` (keys ``conv1_1/kernel``, ``conv1_1/bias``, ...; float32).
 
     Same layout as the params pytree: kernels HWIO, BGR input channels, Caffe-space
     inputs. The file is written to a temporary name and renamed, so a crash never
     leaves a partial file. The path is used as given (no ``.npz`` is appended).
+
+    Args:
+        params: the params pytree.
+        path: the file to write.
+        metadata: a JSON-able provenance record (how the weights were made), stored as the
+            string array :data:`NPZ_METADATA`; :func:`npz_metadata` reads it and
+            :func:`describe` shows it.
 
     Returns:
         The path written.
@@ -774,6 +832,9 @@ def save_npz(params: Mapping, path: PathLike) -> Path:
     path = Path(path).expanduser()
     arrays = {f"{name}/{kind}": np.asarray(value, np.float32)
               for name, layer in params["params"].items() for kind, value in layer.items()}
+    if metadata is not None:
+        # A 0-d unicode array: read back without pickle (np.load(allow_pickle=False)).
+        arrays[NPZ_METADATA] = np.asarray(json.dumps(metadata, sort_keys=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = images.create_temp(path)  # the usual permissions (0666 minus the umask), unlike mkstemp's 0600
     try:
@@ -803,6 +864,7 @@ def load_npz(path: PathLike) -> dict:
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise WeightsError(f"could not read {str(path)!r} as .npz: {e}. Fix: write it again with save_npz.") from e
     expected = param_shapes()
+    arrays.pop(NPZ_METADATA, None)  # the provenance record (npz_metadata), not a parameter
     unexpected = sorted(k for k in arrays if k.split("/")[0] not in expected or len(k.split("/")) != 2
                         or k.split("/")[1] not in ("kernel", "bias"))
     if unexpected:
@@ -822,12 +884,37 @@ def load_npz(path: PathLike) -> dict:
     return {"params": params}
 
 
+def npz_metadata(path: PathLike) -> dict | None:
+    """The provenance record stored in an ``.npz`` by :func:`save_npz` (``metadata``), or None if it has none.
+
+    Raises:
+        WeightsError: the file is missing, not an ``.npz``, or its record is not a JSON object.
+    """
+    path = _existing_file(path)
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{str(path)!r} is not an .npz file, so it carries no provenance record.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if NPZ_METADATA not in data.files:
+                return None
+            text = str(data[NPZ_METADATA])
+        metadata = json.loads(text)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # json.JSONDecodeError is a ValueError
+        raise WeightsError(f"could not read the provenance record of {str(path)!r}: {e}. Fix: write the file "
+                           "again (nst-jax normalize-weights, or save_npz with metadata).") from e
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"the provenance record of {str(path)!r} is not a JSON object. Fix: write the file "
+                           "again (nst-jax normalize-weights, or save_npz with metadata).")
+    return metadata
+
+
 def _existing_file(path: PathLike) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise WeightsError(
-            f"weights file not found: {str(path)!r}. Fix: check the path, or pass weights=None to use "
-            f"${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or weights='random' for smoke tests.")
+            f"weights file not found: {str(path)!r}. Fix: check the path, or leave out --weights (weights=None) to "
+            f"use ${ENV_WEIGHTS} / the cache / a download of {KERAS_URL}, or --weights random (weights='random') "
+            "for smoke tests.")
     if not path.is_file():
         raise WeightsError(f"weights path {str(path)!r} is not a file. Fix: pass the path of the .h5/.npz file.")
     if path.stat().st_size == 0:

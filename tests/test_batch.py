@@ -9,8 +9,10 @@ iterations, and Adam turns last-bit noise in near-zero gradient entries into +-l
 so the parity tests use style layers relu1_1..relu4_1: then a batch must equal single calls exactly,
 which is the property under test (same start, per-image state, per-image targets); we still allow the
 acceptance tolerance (0.1% loss, 1/255 pixels). For the same reason these tests pin XLA's direct
-convolution (the default): the Winograd option runs its matrix products batched under ``vmap``, which
-rounds differently from one image, and Adam amplifies that.
+convolution: under ``vmap`` (GPU/TPU, sharding, the device tests here) the Winograd option runs its matrix
+products batched, which rounds differently from one image, and Adam amplifies that. (On CPU without
+sharding a batch runs one copy of the single-image program per image and is bit-identical in any
+configuration: tests/test_batch_invariance.py.)
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_module_entry_point_help():
     assert "--style-blend-weights" in out.stdout and "(default: 512)" in out.stdout
 
 
-def test_help_shows_every_default(capsys):
+def test_help_shows_every_meaningful_default(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0
@@ -66,8 +66,10 @@ def test_help_shows_every_default(capsys):
     for f in dataclasses.fields(Settings):
         assert cli._flag(f.name) in text
     for shown in ("(default: 512)", "(default: lbfgs)", "(default: relu4_2)",
-                  "(default: relu1_1,relu2_1,relu3_1,relu4_1,relu5_1)", "(default: 0.001)", "(default: None)"):
+                  "(default: relu1_1,relu2_1,relu3_1,relu4_1,relu5_1)", "(default: 0.001)"):
         assert shown in text
+    for noise in ("(default: None)", "(default: )", "(default: False)"):
+        assert noise not in text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,6 +91,9 @@ NON_DEFAULT = {
     "style_layer_weights": (["--style-layer-weights", "1", "2", "3", "4", "5"], (1.0, 2.0, 3.0, 4.0, 5.0)),
     "activation_shift": (["--activation-shift", "-1"], -1.0),
     "style_loss": (["--style-loss", "w2"], "w2"),
+    "mrf_stride": (["--style-loss", "mrf", "--mrf-stride", "2"], 2),
+    "mrf_rotations": (["--style-loss", "mrf", "--mrf-rotations", "-7.5", "0", "7.5"], (-7.5, 0.0, 7.5)),
+    "mrf_scales": (["--style-loss", "mrf", "--mrf-scales", "0.9", "1"], (0.9, 1.0)),
     "weights": (["--weights", "random"], "random"),
     "pooling": (["--pooling", "avg"], "avg"),
     "padding": (["--padding", "reflect"], "reflect"),
@@ -120,22 +125,24 @@ NON_DEFAULT = {
 
 def test_flags_match_settings_fields_exactly():
     parser = cli.build_parser()
-    group = next(g for g in parser._action_groups if g.title.startswith("settings"))
-    flags = {a.dest: a.option_strings for a in group._group_actions}
+    groups = [g for g in parser._action_groups if g.title.endswith(" settings")]
+    flags = {a.dest: a.option_strings for g in groups for a in g._group_actions}
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     assert set(flags) == set(fields)  # every field has a flag and every flag a field
     for name, options in flags.items():
         assert cli._flag(name) in options
     # the other flags are the inputs and outputs, not settings
     others = {a.dest for a in parser._actions} - set(flags)
-    assert others == {"help", "content", "style", "output", "size", "overwrite", "quiet", "command"}
+    assert others == {"help", "version", "content", "style", "output", "size", "overwrite", "quiet", "from_output",
+                      "command"}
     # defaults are the dataclass's: no flag given -> Settings()
     assert _settings_of([]) == Settings()
     assert set(NON_DEFAULT) == set(fields)  # a new setting needs a line in NON_DEFAULT
 
 
 # Settings that are only used together with another one (setting them alone is an error).
-NEEDS = {"init_image": "init", "scale_iterations": "scales"}
+NEEDS = {"init_image": "init", "scale_iterations": "scales", "mrf_stride": "style_loss", "mrf_rotations": "style_loss",
+         "mrf_scales": "style_loss"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))

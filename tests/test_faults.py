@@ -183,7 +183,7 @@ def test_a_bad_input_never_stops_the_job(tmp_path, monkeypatch):
 def test_disk_full_stops_the_job_and_says_so(tmp_path, monkeypatch, capsys):
     folder, out = tmp_path / "in", tmp_path / "out"
     _good_inputs(folder, 6)
-    atomic_write = images._atomic_write
+    atomic_write = images.write._atomic_write
     attempts = []
 
     def full_at_second(path, write):
@@ -193,7 +193,7 @@ def test_disk_full_stops_the_job_and_says_so(tmp_path, monkeypatch, capsys):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return atomic_write(path, write)
 
-    monkeypatch.setattr(images, "_atomic_write", full_at_second)
+    monkeypatch.setattr(images.write, "_atomic_write", full_at_second)
     rc = batch_cli.main(["--style", str(STYLE), "--inputs", str(folder), "--output-dir", str(out), *JOB_FLAGS])
     err = capsys.readouterr().err
     assert rc == 3
@@ -208,7 +208,7 @@ def test_disk_full_stops_the_job_and_says_so(tmp_path, monkeypatch, capsys):
                                                           "pending"]
     assert sorted(p.name for p in out.glob("*.png")) == [attempts[0]] and _leftovers(out) == []
     # space freed: the same command finishes the job
-    monkeypatch.setattr(images, "_atomic_write", atomic_write)
+    monkeypatch.setattr(images.write, "_atomic_write", atomic_write)
     assert batch_cli.main(["--style", str(STYLE), "--inputs", str(folder), "--output-dir", str(out),
                            *JOB_FLAGS]) == 0
     assert len(list(out.glob("*.png"))) == 6 and _leftovers(out) == []

@@ -585,7 +585,7 @@ def test_unwritable_directory_simulated(tmp_path, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "create_temp", denied)
+    monkeypatch.setattr(images.write, "create_temp", denied)
     for call in (lambda p: images.save_image(_random_image(), p), images.check_output_path):
         with pytest.raises(ImageError, match=rf"'{tmp_path}' is not writable"):
             call(tmp_path / "out.png")

@@ -147,9 +147,12 @@ def test_keras_aliases_in_features(keras_reference):
     img = keras_reference["rgb01"][:1]
     alias = fx.features(img, ["block4_conv2", "block4_pool"])
     canon = fx.features(img, ["relu4_2", "pool4"])
-    assert set(alias) == {"relu4_2", "pool4"}
-    for k in canon:
-        np.testing.assert_array_equal(np.asarray(alias[k]), np.asarray(canon[k]))
+    assert list(alias) == ["block4_conv2", "block4_pool"]  # the keys as asked
+    for a, c in (("block4_conv2", "relu4_2"), ("block4_pool", "pool4")):
+        np.testing.assert_array_equal(np.asarray(alias[a]), np.asarray(canon[c]))
+    both = fx.features(img, "relu4_2, block4_conv2")  # the same layer twice, by two names
+    assert list(both) == ["relu4_2", "block4_conv2"]
+    np.testing.assert_array_equal(np.asarray(both["relu4_2"]), np.asarray(both["block4_conv2"]))
 
 
 def test_features_keeps_the_requested_order(random_fx):
