@@ -169,7 +169,8 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
 
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
             overwrite: bool = False, callback: Callable[[optim.Record], None] | None = None, progress: bool = True,
-            hook: optim.Hook | None = None, preview_every: int = 0, **overrides) -> Result:
+            hook: optim.Hook | None = None, preview_every: int = 0,
+            image_callback: Callable[[optim.Record, np.ndarray], None] | None = None, **overrides) -> Result:
     """Stylizes one content image (or, without one, synthesizes a texture).
 
     Args:
@@ -189,6 +190,9 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             update; None (default) leaves the step as it is.
         preview_every: in a notebook, show the image and replace it in place every this many iterations (0:
             no preview; outside a notebook nothing is shown).
+        image_callback: called like ``callback`` at each progress record, with the record and the image at
+            that iteration as the output would be (float32 ``(H, W, 3)`` RGB in [0, 1], at the stage's size),
+            for live previews (``nst-jax serve``); each call copies the image from the device.
 
     Returns:
         A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
@@ -252,6 +256,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
             bar.record(rec)
         if callback is not None:
             callback(rec)
+        if image_callback is not None:
+            image_callback(rec, finish_image(state.x, content_img, s))
         stage_it = int(state.iteration)
         if (stop.stage.last and out_path is not None and s.save_every and stage_it and stage_it % s.save_every == 0
                 and stage_it < s.num_iterations):

@@ -3,7 +3,8 @@
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
 :mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights), ``nst-jax layers``
 (the layers of a loss and their weights), ``nst-jax compare`` (method presets side by side), ``nst-jax info``
-(how an output was made) and ``nst-jax normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`).
+(how an output was made), ``nst-jax normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`) and
+``nst-jax serve`` (a local web page, :mod:`nst_jax.web`, imported only by that command: the ``web`` extra).
 The settings flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 """
@@ -28,7 +29,7 @@ from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "compare", "layers", "info", "normalize-weights")
+COMMANDS = ("stylize", "batch", "sweep", "compare", "layers", "info", "normalize-weights", "serve")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -60,6 +61,10 @@ examples:
 One swept weight gives a row of cells, two give rows x columns (the first swept flag, in the order
 content, style, tv, runs down the rows). Every other flag applies to all cells.
 """
+SERVE_DESCRIPTION = ("A local web page: upload a content and a style image, set the main options, watch the image "
+                     "change during the run and download the result (PNG with the settings as metadata). One run "
+                     "at a time. The settings flags apply to every run; the page starts from their values of the "
+                     "options it shows. Needs the web extra: pip install -e '.[web]'.")
 
 
 LAYERS_DESCRIPTION = ("Print the entries of a loss (content layers, style layers and pairs of layers) in depth order: "
@@ -203,6 +208,16 @@ def _add_compare_parser(subparsers) -> None:
     add_settings_arguments(parser, exclude={"method"})
 
 
+def _add_serve_parser(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="A local web page to stylize by clicking.",
+                                   description=SERVE_DESCRIPTION)
+    parser.set_defaults(run=_run_serve)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to listen on (default: 127.0.0.1, this computer only; the page has no login).")
+    parser.add_argument("--port", type=int, default=8000, help="Port (default: 8000; 0: any free port).")
+    add_settings_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nst-jax`` parser: the ``stylize`` flags at the top level (the default command) and the
     subcommands named in :data:`COMMANDS`."""
@@ -223,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layers_parser(commands)
     _add_info_parser(commands)
     _add_normalize_parser(commands)
+    _add_serve_parser(commands)
     return parser
 
 
@@ -472,6 +488,21 @@ def _run_compare(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int
               + ("" if per_it is None else f", {per_it:.3g} s/iteration")
               + ("" if len(run.batch) == 1 else f", batched with {', '.join(m for m in run.batch if m != run.method)}")
               + ")")
+
+
+def _run_serve(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    try:
+        from nst_jax import web  # the web extra is optional: imported only here
+    except ModuleNotFoundError as e:
+        fail(parser, str(e))
+    received: list[int] = []
+    try:
+        with sigterm_as_interrupt(received):  # so that kill, like Ctrl-C, removes the server's temporary files
+            web.serve(ns.host, ns.port, settings_from_args(ns))
+    except (ValueError, WeightsError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(received[-1] if received else signal.SIGINT), f"{parser.prog}: stopped.\n")
     return 0
 
 

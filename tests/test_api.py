@@ -204,6 +204,18 @@ def test_callback_receives_the_history():
     assert [rec.total for rec in seen] == [h.total for h in r.history]
 
 
+def test_image_callback_receives_each_record_with_the_image_at_that_iteration(content_array):
+    seen = []
+    r = run(num_iterations=4, print_every=2, init="content",
+            image_callback=lambda rec, img: seen.append((rec, np.array(img))))
+    assert [rec.iteration for rec, _ in seen] == [0, 2, 4]
+    assert [rec.total for rec, _ in seen] == [h.total for h in r.history]
+    assert all(img.shape == (48, 64, 3) and img.dtype == np.float32 for _, img in seen)
+    np.testing.assert_allclose(seen[0][1], content_array, atol=1e-5)  # init='content': the start is the content
+    assert np.abs(seen[1][1] - seen[0][1]).max() > 1e-3  # the image changes during the run
+    np.testing.assert_array_equal(seen[-1][1], r.array)  # the last one is the output
+
+
 def test_early_stop_at_the_optimum(content_array):
     r = run(init="content", style_weight=0, tv_weight=0, num_iterations=50, print_every=10)
     assert [h.iteration for h in r.history] == [0] and r.loss == 0.0

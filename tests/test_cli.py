@@ -268,8 +268,19 @@ def test_help_lists_the_subcommands(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("stylize", "batch", "sweep", "layers", "compare"):
+    for command in ("stylize", "batch", "sweep", "layers", "compare", "serve"):
         assert f"    {command} " in out
+
+
+def test_serve_without_the_web_extra_names_the_install_command():
+    # the web extra's modules made unimportable: the CLI still loads, and serve says what to install
+    code = ("import sys; sys.modules['starlette'] = None; from nst_jax import cli; "
+            "assert 'nst_jax.web' not in sys.modules; sys.exit(cli.main(['serve', '--port', '0']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "nst-jax serve: error: nst-jax serve needs the web extra (starlette is not installed): "
+        "pip install -e '.[web]' (from a clone) or pip install 'nst-jax[web]'"]
 
 
 def test_stylize_subcommand_is_the_default():
