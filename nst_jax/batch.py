@@ -226,6 +226,9 @@ def batch_stepper(objective: Objective, spec: optim.SolverSpec, params, targets,
             # batched state inside every step would copy the L-BFGS history each time. The batched state is
             # then freed, as the step's donation would (the caller's reference to it is dead from here on).
             states = _unstack(state)
+            # the copies are made before their source is freed: deleting a buffer that an enqueued computation
+            # still reads is not safe on every runtime
+            jax.block_until_ready(states)
             for leaf in jax.tree.leaves(state):
                 if not leaf.is_deleted():
                     leaf.delete()

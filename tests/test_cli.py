@@ -47,6 +47,8 @@ def test_smoke_run_writes_png_with_settings_and_snapshots(tmp_path, capsys):
     assert images.load_image(out).shape == (48, 64, 3)
     assert f"wrote {out}" in captured.out and "64x48" in captured.out and "6 iterations" in captured.out
     assert f"snapshot {tmp_path / 'out_3.png'}" in captured.out
+    # a summary in a fixed order: the snapshots, then the output, last
+    assert captured.out.strip().splitlines()[-1].startswith(f"wrote {out}")
     assert "Traceback" not in captured.err
 
 

@@ -234,6 +234,7 @@ def test_fetch_offline_explains_manual_placement(cache):
     assert url in msg
     assert str(cache / FNAME) in msg  # where to put the file by hand
     assert weights.ENV_WEIGHTS in msg and "weights='random'" in msg and "--weights random" in msg
+    assert "--weights PATH" in msg  # a downloaded file, named as the command line takes it
     assert files_in(cache) == []
 
 
