@@ -76,9 +76,9 @@ class Settings:
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
     style_blur: bool = _opt(False, "Blurred correlations (ref. Novak & Nikulin §3.6): in each pair of style_layers "
-                                   "the deeper layer's map is box-blurred (3x3 mean) once per conv layer between the "
-                                   "two (once for a chain link) before its Gram with the shallower one; style_loss "
-                                   "'gram' with at least one pair.")
+                                   "the deeper layer's upsampled map is box-blurred (3x3 mean) |l - k| times, l and k "
+                                   "the two conv layers' numbers 1..16 (once for a chain link), before its Gram with "
+                                   "the shallower one; style_loss 'gram' with at least one pair.")
     style_adjacent: bool = _opt(False, "Experimental (ref. Novak & Nikulin §4.3, 'Chain Extended'): Gram matrices "
                                        "also between each position and its 8 neighbours (one per offset, 9x the "
                                        "entries), for single style layers and pairs; style_loss 'gram'.")
