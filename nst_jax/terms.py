@@ -185,8 +185,8 @@ class Term:
         Pair entries are canonicalized (deeper layer first, see :func:`nst_jax.layersets.canonical_entry`).
 
         Raises:
-            ValueError: an unknown kind, the name "total", a reserved option, or a pair entry for a kind that
-                reads single layers.
+            ValueError: an unknown kind, the name "total", a reserved option, a pair entry for a kind that
+                reads single layers, or mask fractions (:data:`MASK_OPTION`) not one per entry.
         """
         spec = get(kind)
         if name == "total":
@@ -201,6 +201,10 @@ class Term:
         if pairs and not spec.pairs:
             raise ValueError(f"loss term kind {kind!r} reads single layers, not pairs such as {pairs[0]!r}; "
                              "use single layers, or a kind registered with pairs=True such as 'gram'.")
+        fractions = options.get(MASK_OPTION)
+        if fractions is not None and len(fractions) != len(layers):
+            raise ValueError(f"option {MASK_OPTION!r} has {len(fractions)} fraction(s) for {len(layers)} entries; "
+                             "give one per entry.")
         return cls(kind, name, layers, tuple(sorted(options.items())))
 
     @property

@@ -242,6 +242,8 @@ def test_masks_in_the_objective(params):
                  content_layers=("relu2_1",), activation_shift=-1, tv_weight=0)
     obj = Objective.from_settings(s)
     assert obj.masked == (obj.term("style"),) and obj.term("style").mask_fractions == (0.5, 0.25)
+    with pytest.raises(ValueError, match="'mask' has 1 fraction.*2 entries"):
+        terms.Term.make("gram", "style", ("relu1_1", "relu2_1"), mask=(0.5,))
     content, style, x = _caffe(1, 30, 26), _caffe(2, 32, 32), _caffe(3, 30, 26)
     targets = make_targets(obj, params, content, [style], weights=s)
     masks = targets["style"]["mask"]
