@@ -83,17 +83,17 @@ class Settings:
                                        "also between each position and its 8 neighbours (one per offset, 9x the "
                                        "entries), for single style layers and pairs; style_loss 'gram'.")
     activation_power: float = _opt(
-        1.0, "Experimental (ref. Novak & Nikulin §4.2, amplified activations): exponent p >= 1 of the activations "
+        1.0, "Amplified activations (experimental; ref. Novak & Nikulin §4.2): exponent p >= 1 of the activations "
              "in Gram matrices and Gram cubes, sign(F)|F|^p (F^p after a ReLU), taken before activation_shift; p > 1 "
              "favours strong responses (the paper: feature-rich regions change first, severe convergence "
              "problems). 1 = off.")
     style_mask_fractions: tuple[float, ...] | None = _opt(
-        None, "Experimental (ref. Novak & Nikulin §4.1, gradient masking): one fraction q in (0, 1] per style "
+        None, "Gradient masking (experimental; ref. Novak & Nikulin §4.1): one fraction q in (0, 1] per style "
               "layer; the style gradient of a layer passes only where the content image's activations are among "
               "that layer's fraction q of largest ones (the loss's value is unchanged); the paper lets q decrease "
               "with depth. Needs a content image. Unset = off.")
     style_content_aware: bool = _opt(
-        False, "Experimental (ref. Novak & Nikulin §4.4): content-aware Gram matrices, one Gram per channel of "
+        False, "Content-aware Gram matrices (experimental; ref. Novak & Nikulin §4.4): one Gram per channel of "
                "relu4_2, each position weighted by that channel's (upsampled, unshifted) activation: K^2 x 512 "
                "entries per style layer (single layers up to 256 channels; style_loss 'gram').")
     style_loss: StyleLoss = _opt(

@@ -13,6 +13,7 @@ The references are float64 NumPy written here from the formulas, not from nst_ja
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -297,6 +298,10 @@ def test_settings_of_the_variants():
     for kw, why in cases:
         with pytest.raises(SettingError, match=why):
             Settings(**kw)
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}
+    for name in ("activation_power", "style_mask_fractions", "style_content_aware", "style_adjacent"):
+        assert "experimental" in helps[name].lower(), name
+    assert "'gram_cube' (experimental" in helps["style_loss"]
     with pytest.raises(SettingError) as e:
         Settings(style_content_aware=True)
     assert e.value.render(lambda n: "--" + n.replace("_", "-")).startswith("--style-content-aware: the content")
