@@ -171,13 +171,13 @@ class Objective:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """Every VGG-19 layer the loss reads (both members of a pair entry), in network order (the input image
-        is not a layer)."""
+        """Every VGG-19 layer the loss reads (both members of a pair entry, and a kind's context layers), in
+        network order (the input image is not a layer)."""
         return _network_layers(m for t in self.terms for l in t.layers for m in t.reads(l))
 
     def source_layers(self, source: str) -> tuple[str, ...]:
         """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``
-        (both members of a pair entry)."""
+        (both members of a pair entry, and a kind's context layers)."""
         found = {m for t in self.terms if t.source == source for l in t.layers for m in t.reads(l)}
         return _network_layers(found) + ((INPUT,) if INPUT in found else ())
 

@@ -126,9 +126,9 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         source: which image the target is made from: "style", "content", or None (no target).
         pairs: whether the kind reads pair entries ``"deep:shallow"`` (cross-layer statistics); kinds without
             refuse them when a term is made.
-        context: ``context(options) -> layers`` that every entry reads besides its own (e.g. the content layer
-            of content-aware Gram matrices), or None: the kind then receives the tuple of the entry's features
-            (one array, or the pair's two) followed by these layers' features.
+        context: ``context(options) -> layers`` that every entry also reads besides its own (e.g. the content
+            layer of content-aware Gram matrices); when it names any, the kind receives the tuple of the entry's
+            features (one array, or the pair's two) followed by theirs. None: no such layers.
 
     Returns:
         The registered :class:`Kind`.
