@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from nst_jax import layersets, presets, terms, weighting
+from nst_jax import layersets, losses, presets, terms, weighting
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
@@ -47,7 +47,7 @@ LineSearch = Literal["none", "zoom", "backtracking", "jaxopt"]
 Init = Literal["random", "content", "style", "image"]
 Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
-StyleLoss = Literal["gram", "w2", "mrf"]
+StyleLoss = Literal["gram", "w2", "mrf", "gram_cube"]
 LayerWeighting = Literal["uniform", "geometric"]  # weighting.WEIGHTINGS
 
 
@@ -104,19 +104,34 @@ class Settings:
     activation_shift: float = _opt(0.0, "Shift s added to activations before the Gram matrix "
                                         "(Novak & Nikulin; 0 = classic).")
     style_blur: bool = _opt(False, "Blurred correlations (ref. Novak & Nikulin §3.6): in each pair of style_layers "
-                                   "the deeper layer's map is box-blurred (3x3 mean) once per conv layer between the "
-                                   "two (once for a chain link) before its Gram with the shallower one; style_loss "
-                                   "'gram' with at least one pair.")
+                                   "the deeper layer's upsampled map is box-blurred (3x3 mean) |l - k| times, l and k "
+                                   "the two conv layers' numbers 1..16 (once for a chain link), before its Gram with "
+                                   "the shallower one; style_loss 'gram' with at least one pair.")
     style_adjacent: bool = _opt(False, "Experimental (ref. Novak & Nikulin §4.3, 'Chain Extended'): Gram matrices "
                                        "also between each position and its 8 neighbours (one per offset, 9x the "
                                        "entries), for single style layers and pairs; style_loss 'gram'.")
+    activation_power: float = _opt(
+        1.0, "Amplified activations (experimental; ref. Novak & Nikulin §4.2): exponent p >= 1 of the activations "
+             "in Gram matrices and Gram cubes, sign(F)|F|^p (F^p after a ReLU), taken before activation_shift; p > 1 "
+             "favours strong responses (the paper: feature-rich regions change first, severe convergence "
+             "problems). 1 = off.")
+    style_mask_fractions: tuple[float, ...] | None = _opt(
+        None, "Gradient masking (experimental; ref. Novak & Nikulin §4.1): one fraction q in (0, 1] per style "
+              "layer; the style gradient of a layer passes only where the content image's activations are among "
+              "that layer's fraction q of largest ones (the loss's value is unchanged); the paper lets q decrease "
+              "with depth. Needs a content image. Unset = off.")
+    style_content_aware: bool = _opt(
+        False, "Content-aware Gram matrices (experimental; ref. Novak & Nikulin §4.4): one Gram per channel of "
+               "relu4_2, each position weighted by that channel's (upsampled, unshifted) activation: K^2 x 512 "
+               "entries per style layer (single layers up to 256 channels; style_loss 'gram').")
     style_loss: StyleLoss = _opt(
         "gram", "Style statistic: 'gram' (Gram matrices, neural-style), 'w2' (Wasserstein-2 distance between "
                 "Gaussians with the activations' means and covariances, crowsonkb/style-transfer-pytorch; on "
                 "another scale than 'gram': retune style_weight) or 'mrf' (CNN-MRF, Li & Wand: each 3x3 patch of "
                 "activations pulled to its nearest style patch; CNNMRF's layers relu3_1 relu4_1, content layer "
-                "relu4_2, its weights and augmentation are nst_jax.mrf.RECOMMENDED); from Python also any style "
-                "kind registered with nst_jax.terms.register.")
+                "relu4_2, its weights and augmentation are nst_jax.mrf.RECOMMENDED), 'gram_cube' (experimental, "
+                "Novak & Nikulin §4.5: triple correlations sum f_i f_j f_k / (M K^1.5), K^3 entries: layers up to "
+                "256 channels); from Python also any style kind registered with nst_jax.terms.register.")
     mrf_stride: int = _opt(1, "style_loss='mrf': stride of the 3x3 patches taken from the style's activations (2 "
                               "keeps about a quarter of them, as CNNMRF, for large style images).")
     mrf_rotations: tuple[float, ...] = _opt(
@@ -476,7 +491,7 @@ def _apply_method(s: Settings) -> None:
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
-    for name in ("original_colors", "remat", "style_blur", "style_adjacent"):
+    for name in ("original_colors", "remat", "style_blur", "style_adjacent", "style_content_aware"):
         _set(s, name, _flag(name, getattr(s, name)))
     _set(s, "weights", _path("weights", s.weights,
                              "a weights file path (.h5 or .npz), 'random', 'normalized', or None"))
@@ -493,6 +508,10 @@ def _validate(s: Settings) -> None:
     for name in ("content_weight", "style_weight", "tv_weight", "tolerance_grad", "tolerance_change"):
         _set(s, name, _real(name, getattr(s, name), nonneg=True))
     _set(s, "activation_shift", _real("activation_shift", s.activation_shift))
+    _set(s, "activation_power", _real("activation_power", s.activation_power))
+    if s.activation_power < 1:
+        raise SettingError("{0} must be >= 1 (1 = off; below 1 the gradient is infinite at 0), got {got!r}.",
+                           "activation_power", got=s.activation_power)
     _set(s, "style_loss", _style_loss(s.style_loss))
     _set(s, "mrf_stride", _integer("mrf_stride", s.mrf_stride, 1, 64))
     _set(s, "mrf_rotations", _numbers("mrf_rotations", s.mrf_rotations, -45.0, 45.0,
@@ -513,6 +532,11 @@ def _validate(s: Settings) -> None:
                                               len(s.content_layers), "content layers"))
     _set(s, "style_layer_weights", _weights("style_layer_weights", s.style_layer_weights,
                                             len(s.style_layers), "style layers"))
+    fractions = _weights("style_mask_fractions", s.style_mask_fractions, len(s.style_layers), "style layers")
+    if fractions is not None and not all(0 < q <= 1 for q in fractions):
+        raise SettingError("{0} must be fractions in (0, 1] (1 passes the whole gradient), got {got}.",
+                           "style_mask_fractions", got=fractions)
+    _set(s, "style_mask_fractions", fractions)
     blend = _weights("style_blend_weights", s.style_blend_weights)
     if blend is not None and sum(blend) <= 0:
         raise SettingError("{0} must not all be 0.", "style_blend_weights")
@@ -569,14 +593,15 @@ def _style_loss(value) -> str:
 def _validate_combinations(s: Settings) -> None:
     """Settings that are each valid but do not go together (one would be ignored, or fail later)."""
     _validate_pairs(s)
-    if s.activation_shift and s.style_loss != "gram":
-        raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'}), got {style_loss=}: "
-                           "leave {activation_shift} at 0.", "activation_shift", "style_loss",
+    if s.activation_shift and s.style_loss not in terms.GRAM_KINDS:
+        raise SettingError("{activation_shift} only shifts Gram matrices ({style_loss='gram'} or 'gram_cube'), got "
+                           "{style_loss=}: leave {activation_shift} at 0.", "activation_shift", "style_loss",
                            style_loss=s.style_loss)
     for name in ("mrf_stride", "mrf_rotations", "mrf_scales"):
         if s.style_loss != "mrf" and getattr(s, name) != _DEFAULTS[name]:
             raise SettingError("{0} is only used with {style_loss='mrf'}, got {style_loss=}: add {style_loss='mrf'} "
                                "or leave {0} unset.", name, "style_loss", style_loss=s.style_loss)
+    _validate_variants(s)
     if s.init == "image" and not s.init_image:
         raise SettingError("{init=} needs {init_image}: the path of the image to start from.",
                            "init", "init_image", init=s.init)
@@ -631,6 +656,48 @@ def _validate_pairs(s: Settings) -> None:
                 layersets.blur_count(entry)
             except ValueError as e:
                 raise SettingError("{0} with {1}: {why}", "style_blur", "style_layers", why=e) from None
+
+
+def _validate_variants(s: Settings) -> None:
+    """Novak & Nikulin's experimental variants (§4): amplified activations, gradient masks, content-aware Gram
+    matrices, Gram cubes; third-order statistics at most ``losses.MAX_STATISTIC_ENTRIES`` entries."""
+    if s.activation_power != 1 and s.style_loss not in terms.GRAM_KINDS:
+        raise SettingError("{activation_power} only amplifies the activations of Gram matrices ({style_loss='gram'} "
+                           "or 'gram_cube'), got {style_loss=}: leave {activation_power} at 1.", "activation_power",
+                           "style_loss", style_loss=s.style_loss)
+    if s.style_mask_fractions is not None and not s.style_weight:
+        raise SettingError("{0} masks the style gradient, but {1} is 0 (no style term): leave {0} unset.",
+                           "style_mask_fractions", "style_weight")
+    limit = losses.MAX_STATISTIC_ENTRIES
+    if s.style_content_aware:
+        if s.style_loss != "gram" or s.style_adjacent:
+            raise SettingError("{0} weights Gram matrices ({style_loss='gram'}, without {1}), got {style_loss=}"
+                               + (" with {1}" if s.style_adjacent else "") + ": leave {0} off.",
+                               "style_content_aware", "style_adjacent", "style_loss", style_loss=s.style_loss)
+        pairs = [e for e in s.style_layers if layersets.is_pair(e)]
+        if pairs:
+            raise SettingError("{0} reads single style layers, but {1} has the pair {pair!r}: use single layers "
+                               "such as relu1_1 relu2_1 relu3_1.", "style_content_aware", "style_layers",
+                               pair=pairs[0])
+        kc = layersets.channels(layersets.CONTENT_LAYER)
+        for layer in s.style_layers:
+            k = layersets.channels(layer)
+            if k * k * kc > limit:
+                raise SettingError("{0}: the content-aware Gram matrix of {layer} has {k} x {k} x {kc} = {n:,} "
+                                   "entries ({gb:.2f} GB in float32), more than {limit:,} "
+                                   "(nst_jax.losses.MAX_STATISTIC_ENTRIES): leave {layer} out of {1} (layers up to "
+                                   "256 channels: relu1_1 to relu3_4), or {0} off.", "style_content_aware",
+                                   "style_layers", layer=layer, k=k, kc=kc, n=k * k * kc, gb=4 * k * k * kc / 1e9,
+                                   limit=limit)
+    if s.style_loss == "gram_cube" and s.style_weight:
+        for layer in s.style_layers:
+            k = layersets.channels(layer)
+            if k ** 3 > limit:
+                raise SettingError("{style_loss='gram_cube'}: the Gram cube of {layer} has {k}^3 = {n:,} entries "
+                                   "({gb:.2f} GB in float32), more than {limit:,} "
+                                   "(nst_jax.losses.MAX_STATISTIC_ENTRIES): leave {layer} out of {style_layers} "
+                                   "(layers up to 256 channels: relu1_1 to relu3_4).", "style_loss", "style_layers",
+                                   layer=layer, k=k, n=k ** 3, gb=4 * k ** 3 / 1e9, limit=limit)
 
 
 def stages(s: Settings) -> list[tuple[int, int]]:

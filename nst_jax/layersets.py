@@ -86,6 +86,14 @@ def conv_index(layer: str) -> int:
     return vgg.CONV_LAYERS.index(name) + 1
 
 
+def channels(layer: str) -> int:
+    """The number of channels of a VGG-19 layer's output (a conv layer, its ReLU, or a pooling layer)."""
+    name = vgg.canonical_layer(layer)
+    if name.startswith("pool"):
+        return vgg.BLOCKS[int(name[4]) - 1][2]
+    return vgg.CONV_CHANNELS[name.replace("relu", "conv")][1]
+
+
 def blur_count(entry: str) -> int:
     """How many times a blurred statistic blurs the deeper map of an entry: ``|l - k|`` for a pair of conv
     layers l and k (1 for a chain link, §3.6), 0 for a single layer."""

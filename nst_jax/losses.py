@@ -13,7 +13,10 @@ so the same weights give the same pictures:
 * total variation ``sum |x[i+1, j] - x[i, j]| + sum |x[i, j+1] - x[i, j]|``
   over the Caffe-space image (an L1 total variation, as neural-style-pt);
 * the Wasserstein-2 style loss of crowsonkb/style-transfer-pytorch: the squared W2 distance between
-  Gaussians with the activations' means and covariances (:func:`w2_loss`).
+  Gaussians with the activations' means and covariances (:func:`w2_loss`);
+* Novak & Nikulin's experimental variants (§4 of the paper): amplified activations (:func:`amplify`), the
+  gradient mask from the content image (:func:`top_fraction_mask`, :func:`mask_gradient`), Gram cubes
+  (:func:`gram_cube`) and content-aware Gram matrices (:func:`content_aware_gram`).
 
 Every function works on one image; batches come from ``jax.vmap``. How these become the terms of an
 objective (targets, weights, blending) is :mod:`nst_jax.terms`.
@@ -32,6 +35,12 @@ from nst_jax import sqrtm
 W2_EPS = 1e-4
 #: Newton-Schulz iterations of the W2 loss's matrix square root.
 W2_ITERATIONS = sqrtm.ITERATIONS
+#: The most entries a third-order statistic (:func:`gram_cube`, :func:`content_aware_gram`) may have: 2^26, 256 MiB
+#: in float32 for each of the target, the image's statistic and its gradient. Settings refuse larger ones
+#: (relu4_1's Gram cube and its content-aware Gram with relu4_2 have 2^27 entries).
+MAX_STATISTIC_ENTRIES = 2**26
+#: Entries of the largest intermediate :func:`triple_correlation` holds at once (``pixels x K_a x chunk``).
+TRIPLE_CHUNK_ENTRIES = 2**24
 
 
 def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
@@ -50,7 +59,7 @@ def gram(features: jax.Array, shift: float = 0.0, precision=None) -> jax.Array:
 
 
 def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precision=None, *, blur: int = 0,
-               adjacent: bool = False) -> jax.Array:
+               adjacent: bool = False, power: float = 1.0) -> jax.Array:
     """Normalized cross-layer Gram matrix of two layers' activations (Novak & Nikulin §3.4-3.6, §4.3).
 
     ``G = (F_a + s)^T blur^n(up(F_b + s)) / (M_a sqrt(K_a K_b))`` with ``F`` flattened to ``(M, K)`` (``M``
@@ -58,6 +67,8 @@ def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precisio
     neighbour (``jax.image.resize``; odd sizes included), ``blur`` is a 3x3 box filter (:func:`box_blur`).
     The shift comes first, then the upsampling, then the blurs. With ``shallow is deep`` and no blur this is
     the classic normalized Gram ``(F + s)^T (F + s) / (C H W)`` of neural-style-pt, computed the same way.
+    With ``power`` p != 1 both factors are amplified activations (:func:`amplify`) before the shift:
+    ``(sign(F)|F|^p + s)``.
 
     Args:
         shallow: ``(H_a, W_a, K_a)`` activations of the shallower layer (the larger map).
@@ -69,14 +80,15 @@ def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precisio
             (§4.3, "adjacent activations"; experimental): one Gram per offset ``(dy, dx)`` in ``{-1, 0, 1}^2``,
             ``G[i, j, 1 + dy, 1 + dx] = sum_{y, x} A_i(y, x) B_j(y + dy, x + dx)`` with zero fill outside the
             map, each normalized as above.
+        power: the exponent of amplified activations (§4.2; experimental); 1 leaves them as they are.
 
     Returns:
         ``(K_a, K_b)``, or ``(K_a, K_b, 3, 3)`` with ``adjacent``; in at least float32.
     """
     h, w, ka = shallow.shape
     kb = deep.shape[-1]
-    a = shallow + shift if shift else shallow
-    b = a if deep is shallow else (deep + shift if shift else deep)
+    a = _shifted(amplify(shallow, power), shift)
+    b = a if deep is shallow else _shifted(amplify(deep, power), shift)
     if b.shape[:2] != (h, w):
         b = jax.image.resize(b, (h, w, kb), "nearest")
     # Low-precision (bf16) features are multiplied as they are but accumulated and returned in float32.
@@ -93,6 +105,118 @@ def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precisio
                                   precision=precision, preferred_element_type=out) for dx in (-1, 0, 1)], axis=-1)
             for dy in (-1, 0, 1)]
     return jnp.stack(rows, axis=-2) / norm
+
+
+def _shifted(features: jax.Array, shift: float) -> jax.Array:
+    return features + shift if shift else features
+
+
+def amplify(features: jax.Array, power: float = 1.0) -> jax.Array:
+    """Amplified activations (Novak & Nikulin §4.2, experimental): ``sign(F) |F|^p``, i.e. ``F^p`` for ReLU outputs
+    (the sign keeps pre-ReLU conv outputs defined for any p). Strong responses grow relative to weak ones, and
+    the gradient of a statistic of them is scaled by ``p |F|^(p-1)``. ``power == 1`` returns ``features`` itself,
+    so every statistic is then computed exactly as without the option."""
+    if power == 1:
+        return features
+    return jnp.sign(features) * jnp.abs(features) ** power
+
+
+def triple_correlation(a: jax.Array, b: jax.Array, c: jax.Array, precision=None) -> jax.Array:
+    """``T[i, j, k] = sum_m a[m, i] b[m, j] c[m, k]`` of three ``(M, K)`` matrices (unnormalized), in at least
+    float32.
+
+    No two-factor product avoids an intermediate with ``M`` rows, so the third factor's columns go in chunks:
+    each chunk is one matrix product ``(a * c_k)^T b``, with at most :data:`TRIPLE_CHUNK_ENTRIES` entries in
+    ``a * c_k`` at once (one chunk, no loop, for small maps).
+
+    Returns:
+        ``(K_a, K_b, K_c)``.
+    """
+    out = jnp.promote_types(jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), c.dtype), jnp.float32)
+    a, b, c = a.astype(out), b.astype(out), c.astype(out)
+    m, ka = a.shape
+    kc = c.shape[1]
+
+    def one(column):  # (M,) one column of c -> (K_a, K_b)
+        return jnp.matmul((a * column[:, None]).T, b, precision=precision, preferred_element_type=out)
+
+    chunk = max(1, TRIPLE_CHUNK_ENTRIES // max(1, m * ka))
+    t = jax.vmap(one)(c.T) if chunk >= kc else jax.lax.map(one, c.T, batch_size=chunk)  # (K_c, K_a, K_b)
+    return jnp.moveaxis(t, 0, -1)
+
+
+def gram_cube(features: jax.Array, shift: float = 0.0, precision=None, power: float = 1.0) -> jax.Array:
+    """Gram cube of one layer (Novak & Nikulin §4.5, "triple correlations"; experimental).
+
+    ``G[i, j, k] = sum_{y, x} f_i f_j f_k / (M K^(3/2))`` with ``f = sign(F)|F|^p + s`` (:func:`amplify`, then the
+    activation shift), ``M = H W`` pixels, ``K`` channels: the mean over pixels of the triple product divided by
+    ``K^(3/2)``, as the Gram ``F^T F / (K M)`` is the mean of the double product divided by ``K``, so that the two
+    are of a comparable scale. ``K^3`` entries (relu1_1: 262144, relu3_1: 16.8M); settings refuse more than
+    :data:`MAX_STATISTIC_ENTRIES`.
+
+    Args:
+        features: ``(H, W, K)`` activations.
+        shift: the activation shift ``s``.
+        precision: matmul precision.
+        power: the exponent of amplified activations (1: none).
+
+    Returns:
+        ``(K, K, K)``, in at least float32.
+    """
+    h, w, k = features.shape
+    f = _shifted(amplify(features, power), shift).reshape(h * w, k)
+    return triple_correlation(f, f, f, precision) / (h * w * k ** 1.5)
+
+
+def content_aware_gram(features: jax.Array, content: jax.Array, shift: float = 0.0, precision=None,
+                       power: float = 1.0) -> jax.Array:
+    """Content-aware Gram matrices of one layer (Novak & Nikulin §4.4; experimental).
+
+    ``G[i, j, c] = sum_{y, x} f_i(y, x) f_j(y, x) up(C_c)(y, x) / (M K)`` with ``f = sign(F)|F|^p + s`` the
+    (amplified, then shifted) style factors, ``C`` the activations of a content layer (relu4_2), unshifted so the
+    weighting stays non-negative, ``up`` the nearest resize to the style layer's size (as :func:`cross_gram`):
+    slice ``c`` is the layer's Gram with every position weighted by content feature ``c`` there. With ``C`` all
+    ones every slice is the classic Gram ``f^T f / (K M)``. ``K^2 K_C`` entries (relu3_1 with relu4_2: 33.5M);
+    settings refuse more than :data:`MAX_STATISTIC_ENTRIES`.
+
+    Args:
+        features: ``(H, W, K)`` activations of the style layer.
+        content: ``(H_c, W_c, K_C)`` activations of the content layer, ``H_c <= H``, ``W_c <= W``.
+        shift: the activation shift ``s`` of the style factors.
+        precision: matmul precision.
+        power: the exponent of amplified activations of the style factors (1: none).
+
+    Returns:
+        ``(K, K, K_C)``, in at least float32.
+    """
+    h, w, k = features.shape
+    kc = content.shape[-1]
+    if content.shape[:2] != (h, w):
+        content = jax.image.resize(content, (h, w, kc), "nearest")
+    f = _shifted(amplify(features, power), shift).reshape(h * w, k)
+    return triple_correlation(f, f, content.reshape(h * w, kc), precision) / (h * w * k)
+
+
+def top_fraction_mask(features: jax.Array, fraction: float) -> jax.Array:
+    """The gradient mask of Novak & Nikulin §4.1 (experimental) from one layer of the content image: ``F >= t``
+    with ``t`` the ``n``-th largest entry of the whole layer, ``n = ceil(fraction * F.size)`` (at least 1), so
+    that the fraction ``fraction`` of its largest entries passes. Entries equal to ``t`` pass too: where many
+    activations are 0 (ReLU), a ``t`` of 0 passes all of them.
+
+    Returns:
+        A boolean array of ``features``' shape.
+    """
+    flat = features.reshape(-1)
+    n = min(flat.size, max(1, math.ceil(fraction * flat.size * (1 - 1e-12))))  # 0.3 * 10 is 3.0000000000000004
+    threshold = jnp.sort(flat)[flat.size - n]
+    return features >= threshold
+
+
+def mask_gradient(features: jax.Array, mask: jax.Array) -> jax.Array:
+    """``M * F + stop_gradient((1 - M) * F)`` for a boolean mask ``M`` (as a select): the same values, but a loss
+    of the result passes gradient to ``F`` only where ``M`` is true (Novak & Nikulin §4.1's masked style
+    gradient)."""
+    return jnp.where(mask, features, jax.lax.stop_gradient(features))
 
 
 def box_blur(features: jax.Array, times: int = 1) -> jax.Array:
@@ -115,7 +239,8 @@ def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
 
 def style_loss(gram_matrix: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared difference between two Gram matrices over their entries (``C x C``; ``K_a x K_b`` for a
-    cross-layer Gram, times 9 with adjacent offsets) (unweighted)."""
+    cross-layer Gram, times 9 with adjacent offsets; ``K^3`` for a Gram cube, ``K^2 K_C`` for content-aware
+    Gram matrices) (unweighted)."""
     return jnp.mean(jnp.square(gram_matrix - target))
 
 

@@ -17,6 +17,14 @@ for "style"). All functions take one image; batches are ``jax.vmap`` of the same
 
 An entry is a layer, or a pair of layers ``"deep:shallow"`` (a cross-layer statistic; see
 :mod:`nst_jax.layersets`) whose kind receives the features ``(F_shallow, F_deep)``.
+
+A term with gradient masks (the option :data:`nst_jax.terms.MASK_OPTION`; Novak & Nikulin §4.1,
+experimental) has a third leaf group, made from the content image by :func:`content_masks`::
+
+    targets["style"]["mask"] = {entry: {layer: (H_l, W_l, C_l) bool}}
+
+and its kind sees ``losses.mask_gradient(F, mask)`` for each layer of the entry: the same values, its
+gradient only where the content image's activations are among the layer's largest.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import conv, layersets, vgg, weighting
+from nst_jax import conv, layersets, losses, vgg, weighting
 from nst_jax.config import Settings
-from nst_jax.terms import INPUT, Term
+from nst_jax.terms import GRAM_KINDS, INPUT, MASK_OPTION, Term
 
 #: The terms :meth:`Objective.from_settings` builds: name -> (global weight field, per-layer weights field).
 SETTINGS_WEIGHTS = {"content": ("content_weight", "content_layer_weights"),
@@ -111,17 +119,26 @@ class Objective:
     @classmethod
     def from_settings(cls, s: Settings) -> "Objective":
         """The terms of ``s``: content (MSE), style (``s.style_loss``) and total variation, each only if its
-        weight is not 0. A Gram style term takes the activation shift, and ``blur``/``adjacent`` when
-        ``s.style_blur``/``s.style_adjacent`` are set (left out otherwise, so the classic term is unchanged)."""
+        weight is not 0. A Gram style term (or Gram cube) takes the activation shift, and ``blur``/``adjacent``/
+        ``power``/``content_aware`` (the content layer :data:`nst_jax.layersets.CONTENT_LAYER`) when
+        ``s.style_blur``/``s.style_adjacent``/``s.activation_power``/``s.style_content_aware`` are set (left out
+        otherwise, so the classic term is unchanged); any style term the gradient masks' fractions
+        ``s.style_mask_fractions``."""
         found = []
         if s.content_weight:
             found.append(Term.make("mse", "content", s.content_layers))
         if s.style_weight:
             # A Gram matrix's and the MRF loss's options; other statistics take none from the settings.
-            opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss == "gram" else {}
+            opts = dict(shift=s.activation_shift, precision=s.precision) if s.style_loss in GRAM_KINDS else {}
             if s.style_loss == "mrf":
                 opts = dict(stride=s.mrf_stride, rotations=s.mrf_rotations, scales=s.mrf_scales, precision=s.precision)
             opts.update((k, True) for k, on in (("blur", s.style_blur), ("adjacent", s.style_adjacent)) if on)
+            if s.activation_power != 1:
+                opts["power"] = s.activation_power
+            if s.style_content_aware:
+                opts["content_aware"] = layersets.CONTENT_LAYER
+            if s.style_mask_fractions:
+                opts[MASK_OPTION] = s.style_mask_fractions
             found.append(Term.make(s.style_loss, "style", s.style_layers, **opts))
         if s.tv_weight:
             found.append(Term.make("tv", "tv", (INPUT,)))
@@ -158,14 +175,14 @@ class Objective:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """Every VGG-19 layer the loss reads (both members of a pair entry), in network order (the input image
-        is not a layer)."""
-        return _network_layers(m for t in self.terms for l in t.layers for m in layersets.members(l))
+        """Every VGG-19 layer the loss reads (both members of a pair entry, and a kind's context layers), in
+        network order (the input image is not a layer)."""
+        return _network_layers(m for t in self.terms for l in t.layers for m in t.reads(l))
 
     def source_layers(self, source: str) -> tuple[str, ...]:
         """The layers (in network order; :data:`~nst_jax.terms.INPUT` too) whose targets come from ``source``
-        (both members of a pair entry)."""
-        found = {m for t in self.terms if t.source == source for l in t.layers for m in layersets.members(l)}
+        (both members of a pair entry, and a kind's context layers)."""
+        found = {m for t in self.terms if t.source == source for l in t.layers for m in t.reads(l)}
         return _network_layers(found) + ((INPUT,) if INPUT in found else ())
 
     def prepare(self, params):
@@ -201,13 +218,30 @@ class Objective:
         kind = term.spec
 
         def stat(features, entry):
-            return kind.make_target(layersets.entry_features(features, entry), term.entry_opts(entry))
+            return kind.make_target(term.entry_features(features, entry), term.entry_opts(entry))
 
         if kind.views is None:
             return {l: stat(feats, l) for l in term.layers}
-        views = [feats if v is image else self.features(params, v, term.layers) for v in kind.views(image, term.opts)]
+        read = [m for l in term.layers for m in term.reads(l)]
+        views = [feats if v is image else self.features(params, v, read) for v in kind.views(image, term.opts)]
         equal = jnp.full((len(views),), 1.0 / len(views))
         return {l: kind.blend([stat(f, l) for f in views], equal, term.entry_opts(l)) for l in term.layers}
+
+    @property
+    def masked(self) -> tuple[Term, ...]:
+        """The terms whose gradient is masked by the content image (option :data:`~nst_jax.terms.MASK_OPTION`)."""
+        return tuple(t for t in self.terms if t.mask_fractions)
+
+    def masks(self, params, content: jax.Array) -> dict[str, dict]:
+        """``{term name: {entry: {layer: mask}}}`` of a Caffe-space content image for the :attr:`masked` terms:
+        per layer of each entry (both members of a pair, not context layers), the positions and channels
+        where the content image's activations are among the layer's largest, the entry's fraction of them
+        (:func:`nst_jax.losses.top_fraction_mask`; Novak & Nikulin §4.1)."""
+        chosen = self.masked
+        feats = self.features(params, content, [m for t in chosen for l in t.layers for m in layersets.members(l)])
+        return {t.name: {l: {m: losses.top_fraction_mask(feats[m], q) for m in layersets.members(l)}
+                         for l, q in zip(t.layers, t.mask_fractions)}
+                for t in chosen}
 
     def blend(self, stats: Sequence[dict], blend_weights: jax.Array) -> dict[str, dict]:
         """The style targets from the :meth:`statistics` of several style images and normalized blend weights
@@ -222,10 +256,13 @@ class Objective:
         named = {}
         for t in self.terms:
             target, weight = targets[t.name].get("target", {}), targets[t.name]["weight"]
+            masks = targets[t.name].get("mask", {})
             value = jnp.zeros((), x.dtype)
             for i, layer in enumerate(t.layers):
-                per_layer = t.spec.loss(layersets.entry_features(feats, layer), target.get(layer),
-                                        t.entry_opts(layer))
+                seen = feats
+                if layer in masks:  # the same values; the gradient only where the content's mask is true
+                    seen = {**feats, **{m: losses.mask_gradient(feats[m], mask) for m, mask in masks[layer].items()}}
+                per_layer = t.spec.loss(t.entry_features(seen, layer), target.get(layer), t.entry_opts(layer))
                 value = value + weight[i].astype(per_layer.dtype) * per_layer
             named[t.name] = value
         values = list(named.values())
@@ -249,6 +286,17 @@ def _network_layers(layers) -> tuple[str, ...]:
 def content_targets(objective: Objective, params, content: jax.Array) -> dict[str, dict]:
     """The content-source targets ``{term name: {layer: statistic}}`` of a Caffe-space content image."""
     return objective.statistics(params, content, "content")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _content_masks(objective: Objective, params, content: jax.Array) -> dict[str, dict]:
+    return objective.masks(params, content)
+
+
+def content_masks(objective: Objective, params, content: jax.Array) -> dict[str, dict]:
+    """The gradient masks ``{term name: {entry: {layer: mask}}}`` of a Caffe-space content image
+    (:meth:`Objective.masks`); ``{}`` when no term is masked."""
+    return _content_masks(objective, params, content) if objective.masked else {}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -293,12 +341,14 @@ def style_targets(objective: Objective, params, styles: Sequence[jax.Array], ble
     return _blend(objective, [style_statistics(objective, params, s) for s in styles], b)
 
 
-def with_weights(objective: Objective, weights: Settings | Mapping[str, Sequence[float]], *parts: dict) -> dict:
+def with_weights(objective: Objective, weights: Settings | Mapping[str, Sequence[float]], *parts: dict,
+                 masks: Mapping[str, dict] | None = None) -> dict:
     """The targets pytree: each term's target (from ``parts``, the outputs of :func:`content_targets` and
-    :func:`style_targets`) and weights (``weights``: settings, or ``{term name: per-layer weights}``).
+    :func:`style_targets`), weights (``weights``: settings, or ``{term name: per-layer weights}``) and, for the
+    masked terms, their gradient masks (``masks``, from :func:`content_masks`).
 
     Raises:
-        ValueError: a term without a target or without weights of the right length.
+        ValueError: a term without a target, without weights of the right length, or masked without masks.
     """
     if isinstance(weights, Settings):
         weights = objective.weights(weights)
@@ -313,6 +363,12 @@ def with_weights(objective: Objective, weights: Settings | Mapping[str, Sequence
         if w.shape != (len(t.layers),):
             raise ValueError(f"term {t.name!r} reads {len(t.layers)} layer(s) but has {w.size} weight(s).")
         out[t.name] = {"target": found.get(t.name, {}), "weight": w}
+        if t.mask_fractions:
+            if not masks or t.name not in masks:
+                raise ValueError(f"term {t.name!r} masks its gradient with masks made from the content image "
+                                 "(style_mask_fractions), but no content image was given: pass one, or leave "
+                                 "style_mask_fractions unset.")
+            out[t.name]["mask"] = masks[t.name]
     return out
 
 
@@ -322,6 +378,8 @@ def make_targets(objective: Objective, params, content: jax.Array | None, styles
     content term) and style images (see :func:`style_targets`), with the terms' ``weights`` (settings, or
     ``{term name: per-layer weights}``; see :func:`with_weights`)."""
     parts = [style_targets(objective, params, list(styles), blend_weights)]
+    masks = None
     if content is not None:
         parts.append(content_targets(objective, params, content))
-    return with_weights(objective, weights, *parts)
+        masks = content_masks(objective, params, content)
+    return with_weights(objective, weights, *parts, masks=masks)

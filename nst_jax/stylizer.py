@@ -90,7 +90,8 @@ class BatchStylizer:
                 self.settings.style_blend_weights)
         return objective_mod.with_weights(self.objective, self._weights if weights is None else weights,
                                           self._style_targets[key],
-                                          objective_mod.content_targets(self.objective, self.params, caffe))
+                                          objective_mod.content_targets(self.objective, self.params, caffe),
+                                          masks=objective_mod.content_masks(self.objective, self.params, caffe))
 
     def image_settings(self, loss_weights: Mapping | None) -> tuple[Settings, dict]:
         """The settings of one image with its ``loss_weights`` (overrides of :data:`PER_IMAGE_SETTINGS`), and

@@ -24,7 +24,14 @@ VGG-19 activations ``(H, W, C)`` by layer name, plus the image itself under :dat
 An entry of a term's ``layers`` is one layer, or a pair of layers ``"deep:shallow"`` (see
 :mod:`nst_jax.layersets`) for the kinds registered with ``pairs=True`` (``"gram"``: cross-layer Gram matrices,
 Novak & Nikulin): such a kind receives the tuple ``(F_shallow, F_deep)`` as its features. Every kind's
-functions find the entry they are evaluated on in their options, under ``"layer"``.
+functions find the entry they are evaluated on in their options, under ``"layer"``. A kind registered with
+``context`` also reads layers outside its entries (content-aware Gram matrices read the content layer): their
+features follow the entry's in the tuple it receives (:meth:`Term.reads`).
+
+A style term may mask its gradient with masks made from the content image (Novak & Nikulin §4.1,
+experimental): the term option :data:`MASK_OPTION` holds one fraction per entry; the objective makes the
+masks once per content image (``targets[term.name]["mask"]``, traced leaves like the targets) and feeds the
+kind ``mask_gradient(F, mask)`` instead of each layer's ``F``, whatever the kind (see :mod:`nst_jax.objective`).
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ SOURCES = ("content", "style", None)
 
 #: The option under which a kind's functions receive the entry (layer or pair) they are evaluated on.
 ENTRY_OPTION = "layer"
+
+#: The built-in style kinds of Gram-like statistics: they take the options shift, precision and power.
+GRAM_KINDS = ("gram", "gram_cube")
+
+#: The term option of gradient masks from the content image: one fraction in (0, 1] per entry, the share of a
+#: layer's largest content activations whose positions pass the term's gradient (Novak & Nikulin §4.1).
+MASK_OPTION = "mask"
 
 Options = Mapping[str, Hashable]
 
@@ -85,6 +99,7 @@ class Kind:
     source: str | None
     views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None
     pairs: bool = False
+    context: Callable[[Options], tuple[str, ...]] | None = None
 
 
 _REGISTRY: dict[str, Kind] = {}
@@ -94,7 +109,8 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
              make_target: Callable[[jax.Array, Options], Any] | None = None,
              blend: Callable[[Sequence[Any], Sequence, Options], Any] = weighted_mean, *,
              source: str | None = "style",
-             views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None, pairs: bool = False) -> Kind:
+             views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None, pairs: bool = False,
+             context: Callable[[Options], tuple[str, ...]] | None = None) -> Kind:
     """Registers (or replaces) a kind of loss term.
 
     Args:
@@ -116,6 +132,9 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
             into that image's statistic. None: the image itself.
         pairs: whether the kind reads pair entries ``"deep:shallow"`` (cross-layer statistics); kinds without
             refuse them when a term is made.
+        context: ``context(options) -> layers`` that every entry also reads besides its own (e.g. the content
+            layer of content-aware Gram matrices); when it names any, the kind receives the tuple of the entry's
+            features (one array, or the pair's two) followed by theirs. None: no such layers.
 
     Returns:
         The registered :class:`Kind`.
@@ -126,7 +145,7 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         raise ValueError(f"kind {kind!r}: a term with a source needs make_target, and one without a source none.")
     if views is not None and source is None:
         raise ValueError(f"kind {kind!r}: views are of the source image; a term without a source has none.")
-    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views, bool(pairs))
+    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views, bool(pairs), context)
     return _REGISTRY[kind]
 
 
@@ -174,8 +193,8 @@ class Term:
         Pair entries are canonicalized (deeper layer first, see :func:`nst_jax.layersets.canonical_entry`).
 
         Raises:
-            ValueError: an unknown kind, the name "total", a reserved option, or a pair entry for a kind that
-                reads single layers.
+            ValueError: an unknown kind, the name "total", a reserved option, a pair entry for a kind that
+                reads single layers, or mask fractions (:data:`MASK_OPTION`) not one per entry.
         """
         spec = get(kind)
         if name == "total":
@@ -190,6 +209,10 @@ class Term:
         if pairs and not spec.pairs:
             raise ValueError(f"loss term kind {kind!r} reads single layers, not pairs such as {pairs[0]!r}; "
                              "use single layers, or a kind registered with pairs=True such as 'gram'.")
+        fractions = options.get(MASK_OPTION)
+        if fractions is not None and len(fractions) != len(layers):
+            raise ValueError(f"option {MASK_OPTION!r} has {len(fractions)} fraction(s) for {len(layers)} entries; "
+                             "give one per entry.")
         return cls(kind, name, layers, tuple(sorted(options.items())))
 
     @property
@@ -202,6 +225,28 @@ class Term:
         """The options the kind's functions receive for one entry: :attr:`opts` plus the entry under
         :data:`ENTRY_OPTION`."""
         return MappingProxyType({**dict(self.options), ENTRY_OPTION: entry})
+
+    @property
+    def context(self) -> tuple[str, ...]:
+        """The layers every entry reads besides its own (its kind's ``context`` of the options; usually none)."""
+        context = self.spec.context
+        return tuple(context(self.opts)) if context else ()
+
+    def reads(self, entry: str) -> tuple[str, ...]:
+        """The layers one entry reads: its members (:func:`nst_jax.layersets.members`), then :attr:`context`."""
+        return layersets.members(entry) + self.context
+
+    def entry_features(self, features: Mapping[str, Any], entry: str) -> Any:
+        """What the kind receives for ``entry`` from ``{layer: activations}``: the layer's activations, the
+        pair ``(F_shallow, F_deep)``, or with context layers the tuple of everything :meth:`reads` names."""
+        if not self.context:
+            return layersets.entry_features(features, entry)
+        return tuple(features[layer] for layer in self.reads(entry))
+
+    @property
+    def mask_fractions(self) -> tuple[float, ...] | None:
+        """The gradient masks' fractions, one per entry (option :data:`MASK_OPTION`), or None: no mask."""
+        return self.opts.get(MASK_OPTION)
 
     @property
     def spec(self) -> Kind:
@@ -220,8 +265,10 @@ class Term:
 
 # --------------------------------------------------------------------------
 # The built-in kinds (formulas in nst_jax.losses and nst_jax.mrf). The options of "gram": shift (the activation
-# shift), precision, blur (bool: blur a pair's deeper map |l - k| times, Novak & Nikulin §3.6) and adjacent (bool:
-# one Gram per neighbour offset, §4.3); it reads single layers and pairs.
+# shift), precision, blur (bool: blur a pair's deeper map |l - k| times, Novak & Nikulin §3.6), adjacent (bool:
+# one Gram per neighbour offset, §4.3), power (amplified activations, §4.2) and content_aware (a content layer:
+# content-aware Gram matrices, §4.4, single layers only); it reads single layers and pairs. "gram_cube" (§4.5)
+# takes shift, precision and power.
 # --------------------------------------------------------------------------
 
 
@@ -230,11 +277,30 @@ def _mse(features, target, options):
 
 
 def _gram(features, options):
+    shift, precision, power = options.get("shift", 0.0), options.get("precision"), options.get("power", 1.0)
+    if options.get("content_aware"):
+        if len(features) != 2:
+            raise ValueError(f"content-aware Gram matrices read single layers, not the pair "
+                             f"{options[ENTRY_OPTION]!r}.")
+        return losses.content_aware_gram(*features, shift, precision=precision, power=power)
     # A single layer is the pair of the layer with itself (the same array: the classic Gram, computed as ever).
     shallow, deep = features if isinstance(features, tuple) else (features, features)
     blur = layersets.blur_count(options[ENTRY_OPTION]) if options.get("blur") else 0
-    return losses.cross_gram(shallow, deep, options.get("shift", 0.0), precision=options.get("precision"),
-                             blur=blur, adjacent=options.get("adjacent", False))
+    return losses.cross_gram(shallow, deep, shift, precision=precision, blur=blur,
+                             adjacent=options.get("adjacent", False), power=power)
+
+
+def _gram_context(options):
+    return (options["content_aware"],) if options.get("content_aware") else ()
+
+
+def _gram_cube(features, options):
+    return losses.gram_cube(features, options.get("shift", 0.0), precision=options.get("precision"),
+                            power=options.get("power", 1.0))
+
+
+def _gram_cube_loss(features, target, options):
+    return losses.style_loss(_gram_cube(features, options), target)
 
 
 def _gram_loss(features, target, options):
@@ -268,7 +334,8 @@ def _mrf_views(image, options):
 
 
 register("mse", _mse, make_target=lambda features, options: features, source="content")
-register("gram", _gram_loss, make_target=_gram, pairs=True)
+register("gram", _gram_loss, make_target=_gram, pairs=True, context=_gram_context)
+register("gram_cube", _gram_cube_loss, make_target=_gram_cube)
 register("w2", _w2_loss, make_target=lambda features, options: losses.moments(features), blend=_w2_blend)
 register(mrf.KIND, _mrf_loss, make_target=_mrf_target, blend=concatenate, views=_mrf_views)
 register("tv", _tv, source=None)

@@ -96,6 +96,9 @@ NON_DEFAULT = {
     "activation_shift": (["--activation-shift", "-1"], -1.0),
     "style_blur": (["--style-blur", "--style-layers", "relu2_1:relu1_2"], True),
     "style_adjacent": (["--style-adjacent"], True),
+    "activation_power": (["--activation-power", "2"], 2.0),
+    "style_mask_fractions": (["--style-mask-fractions", "1", "0.8", "0.6", "0.4", "0.2"], (1.0, 0.8, 0.6, 0.4, 0.2)),
+    "style_content_aware": (["--style-content-aware", "--style-layers", "relu1_1,relu2_1"], True),
     "style_loss": (["--style-loss", "w2"], "w2"),
     "mrf_stride": (["--style-loss", "mrf", "--mrf-stride", "2"], 2),
     "mrf_rotations": (["--style-loss", "mrf", "--mrf-rotations", "-7.5", "0", "7.5"], (-7.5, 0.0, 7.5)),
@@ -148,7 +151,7 @@ def test_flags_match_settings_fields_exactly():
 
 # Settings that are only used together with another one (setting them alone is an error).
 NEEDS = {"init_image": "init", "scale_iterations": "scales", "mrf_stride": "style_loss", "mrf_rotations": "style_loss",
-         "mrf_scales": "style_loss", "style_blur": "style_layers"}
+         "mrf_scales": "style_loss", "style_blur": "style_layers", "style_content_aware": "style_layers"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
