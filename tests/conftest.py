@@ -16,3 +16,16 @@ SHARED_IMAGES = ROOT.parent / "shared" / "images"
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return EXAMPLES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_compiled_programs():
+    """Drops JAX's compiled programs after each test module: the suite compiles hundreds of different programs
+    (every loss structure and image shape), and keeping them all would let one process grow for the whole run."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
