@@ -7,6 +7,9 @@
 ``nst-jax serve`` (a local web page, :mod:`nst_jax.web`, imported only by that command: the ``web`` extra).
 The settings flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
+
+Size: each subcommand is a pair of small functions (its parser, its run); they are kept in one module so
+that there is one parser and one list of commands (:data:`COMMANDS`).
 """
 
 from __future__ import annotations
@@ -488,6 +491,7 @@ def _run_compare(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int
               + ("" if per_it is None else f", {per_it:.3g} s/iteration")
               + ("" if len(run.batch) == 1 else f", batched with {', '.join(m for m in run.batch if m != run.method)}")
               + ")")
+    return 0
 
 
 def _run_serve(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:

@@ -26,6 +26,9 @@ version) that :func:`nst_jax.weights.describe`, and so every output's metadata, 
 normalize-weights`` (and ``scripts/normalize_vgg.py``) write one (:func:`normalize_weights`);
 ``weights="normalized"`` (``--weights normalized``) uses the one derived from the default weights with the
 default recipe, computed on first use and cached beside the cached weights (:func:`normalized_weights`).
+
+Size: one concern, the normalized network (measuring, rescaling, its file with provenance, and the cached
+copy that ``--weights normalized`` reads); the measurement and the file are checked together by its tests.
 """
 
 from __future__ import annotations

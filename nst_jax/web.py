@@ -18,6 +18,9 @@ One stylization runs at a time, in a background thread, through :func:`nst_jax.s
 * ``GET preview.png``, ``GET result.png``, ``POST stop``.
 
 Needs the ``web`` extra (Starlette, uvicorn, python-multipart): ``pip install -e '.[web]'``.
+
+Size: the whole web command (form parsing, the run thread, the endpoints, the server's start and stop); the
+page itself is ``static/index.html``.
 """
 
 from __future__ import annotations
