@@ -47,6 +47,8 @@ examples:
 
 Without a command, nst-jax stylizes one image: nst-jax --content ... is nst-jax stylize --content ...
 """
+#: The usage line of the help (argparse's own would list every one of the ~60 flags).
+USAGE = "nst-jax [COMMAND] --content PHOTO --style PAINTING --output OUT.png [options]"
 SHORT_USAGE = f"""\
 usage: nst-jax --content PHOTO --style PAINTING --output OUT.png [options]
        nst-jax COMMAND ...   (commands: {', '.join(COMMANDS)})
@@ -226,13 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands named in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="nst-jax", description="Neural style transfer in JAX. " + STYLIZE_DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     _add_stylize_arguments(parser)
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND",
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", prog="nst-jax",
                                      help=f"one of {', '.join(COMMANDS)} (stylize is the default); see "
                                           "nst-jax COMMAND --help")
     stylize = commands.add_parser("stylize", help=STYLIZE_DESCRIPTION, description=STYLIZE_DESCRIPTION,
+                                  usage="nst-jax stylize --content PHOTO --style PAINTING --output OUT.png [options]",
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_stylize_arguments(stylize)
     batch_cli.add_parser(commands)

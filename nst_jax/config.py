@@ -53,7 +53,7 @@ LayerWeighting = Literal["uniform", "geometric"]  # weighting.WEIGHTINGS
 
 #: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
 #: first field above it (the command line's help groups the flags so).
-SECTIONS = (("images", "image_size"), ("losses", "content_layers"), ("network", "weights"),
+SECTIONS = (("method", "method"), ("images", "image_size"), ("losses", "content_layers"), ("network", "weights"),
             ("optimization", "num_iterations"), ("output", "print_every"))
 
 

@@ -78,7 +78,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif f.metadata.get("choices"):  # a str field whose values are listed elsewhere (method: the presets)
-            kw.update(type=tp, choices=[c for c in f.metadata["choices"] if c is not None])
+            kw.update(type=tp, choices=[c for c in f.metadata["choices"] if c is not None], metavar="NAME")
         elif origin is typing.Literal:
             kw["choices"] = list(typing.get_args(tp))
         elif origin is tuple:

@@ -62,18 +62,19 @@ def speed(methods, size: int, iterations: int, weights: str) -> list[dict]:
 
 
 def memory(methods, size: int, weights: str) -> dict[str, float]:
-    """Peak RSS (MB) of a 3-iteration run of each method, each in a fresh process."""
+    """Peak RSS (MB) of a 3-iteration run of each method, each in a fresh process (its VmHWM: unlike
+    ``ru_maxrss``, which Linux carries over from the forking parent through exec, it starts anew)."""
     out = {}
     for m in methods:
-        code = (f"import sys, resource; sys.path.insert(0, {str(ROOT)!r}); import scripts.method_study as s; "
+        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import scripts.method_study as s; "
                 f"s._run({m!r}, {size}, 3, {weights!r}, every=0); "
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+                "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             out[m] = None
             print(f"  {m}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
-        out[m] = int(proc.stdout.strip().splitlines()[-1]) / 1024  # KiB on Linux
+        out[m] = int(proc.stdout.strip().splitlines()[-1]) / 1024  # kB
         print(f"  {m}: peak RSS {out[m]:.0f} MB", file=sys.stderr)
     return out
 
