@@ -260,8 +260,11 @@ def stylize_batch(contents: Sequence, style, settings: Settings | None = None, *
     if not contents:
         return display.Results()
     stylizer = BatchStylizer(style, settings, batch_size=batch_size, output_size=output_size, **overrides)
-    return display.Results(stylizer.stylize(contents, progress=progress, loss_weights=loss_weights),
-                           labels=[_label(c, i) for i, c in enumerate(contents)])
+    labels = [_label(c, i) for i, c in enumerate(contents)]
+    if loss_weights is not None:  # a weight sweep: the weights tell the cells apart
+        labels = [label if not w else f"{label}: " + ", ".join(f"{k} {v:g}" for k, v in w.items())
+                  for label, w in zip(labels, loss_weights)]
+    return display.Results(stylizer.stylize(contents, progress=progress, loss_weights=loss_weights), labels=labels)
 
 
 def stylize_grid(contents: Sequence, styles: Sequence, settings: Settings | None = None, *,

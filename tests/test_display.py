@@ -55,6 +55,7 @@ def test_batch_and_grid_display_as_labelled_pictures_not_arrays():
     assert len(text.splitlines()) == 3 and "tubingen.jpg" in text and "[[" not in text
     html = results._repr_html_()
     assert len(_pngs_in(html)) == 2 and "tubingen.jpg" in html
+    assert "tubingen.jpg: style_weight 10<" in html and "tubingen.jpg: style_weight 1000<" in html  # sweep cells
 
     grid = nst_jax.stylize_grid([CONTENT], [STYLE, STYLE], **SMALL)
     assert len(grid) == 1 and len(grid[0]) == 2 and isinstance(grid[0][0], nst_jax.Result)
