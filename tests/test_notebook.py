@@ -43,6 +43,7 @@ def test_quickstart_runs_and_displays_pictures(tmp_path):
     preview = by_source["preview = nst_jax.stylize(CONTENT, STYLE, preview_every=5, progress=False, **SMALL)"]
     shown = [o for o in preview.outputs if o.output_type in ("display_data", "update_display_data")]
     assert shown and _html_pictures(shown[-1]) == 1
-    texture_cell = 'nst_jax.stylize(None, STYLE, content_weight=0, aspect=1.5, **{**SMALL, "init": "random"})'
+    texture_cell = ('nst_jax.stylize(None, STYLE, content_weight=0, aspect=1.5, '
+                    '**{**SMALL, "init": "random", "optimizer": "adam"})')
     texture = [o for o in by_source[texture_cell].outputs if o.output_type == "execute_result"]
     assert texture and _html_pictures(texture[0]) == 1
