@@ -56,7 +56,8 @@ def check_inputs(s: Settings, content, style) -> None:
             raise SettingError("no content image is given, but {content_weight=} asks for a content loss: pass a "
                                "content image, or set {content_weight} to 0 (texture synthesis).",
                                "content_weight", content_weight=s.content_weight)
-        for name, bad in (("init", s.init == "content"), ("original_colors", s.original_colors)):
+        for name, bad in (("init", s.init == "content"), ("original_colors", s.original_colors),
+                          ("color_transfer", s.color_transfer != "none")):
             if bad:
                 raise SettingError("{0}={got!r} needs a content image; none is given.", name, got=getattr(s, name))
         shape(s)
