@@ -149,8 +149,14 @@ def make_settings(settings: Settings | None = None, **overrides) -> Settings:
     return settings.replace(**overrides) if overrides else settings
 
 
-def prepare_styles(style, s: Settings) -> list[np.ndarray]:
-    """Loads and resizes the style image(s) to ``image_size * style_scale`` (long side); none for ``None``."""
+def prepare_styles(style, s: Settings, content: np.ndarray | None = None) -> list[np.ndarray]:
+    """Loads the style image(s), repeats each ``style_tile`` rows x columns, resizes the result to ``image_size
+    * style_scale`` (long side) and, given the (prepared) ``content`` image, matches its colours to the
+    content's (``color_transfer``, :func:`match_style_colors`); none for ``None``.
+
+    The order is that of the words: tiling first, so that the tiled image fills the style size (its texture
+    N and M times smaller), colours last, on the pixels whose statistics the targets take.
+    """
     if style is None:  # no style term (see canvas.check_inputs)
         return []
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
@@ -163,8 +169,30 @@ def prepare_styles(style, s: Settings) -> list[np.ndarray]:
     out = []
     for i, st in enumerate(styles, start=1):
         label = "style image" if len(styles) == 1 else f"style image {i}"
-        out.append(images.resize_long_side(images.load_image(st, label=label), size, label=label))
-    return out
+        img = tile(images.load_image(st, label=label), s.style_tile)
+        out.append(images.resize_long_side(img, size, label=label))
+    return out if content is None else match_style_colors(out, content, s)
+
+
+def tile(image: np.ndarray, rows_columns: tuple[int, int]) -> np.ndarray:
+    """``image`` repeated ``rows`` x ``columns`` times (``style_tile``); ``(1, 1)`` returns it as it is."""
+    rows, columns = rows_columns
+    return image if (rows, columns) == (1, 1) else np.tile(image, (rows, columns, 1))
+
+
+def match_style_colors(styles: list[np.ndarray], content: np.ndarray, s: Settings) -> list[np.ndarray]:
+    """The prepared style images with the prepared ``content`` image's colours (``color_transfer``:
+    :func:`nst_jax.images.transfer_colors`); unchanged with ``"none"``.
+
+    Raises:
+        SettingError: ``color_transfer`` is set but there is no content image.
+    """
+    if s.color_transfer == "none":
+        return styles
+    if content is None:
+        raise SettingError("{color_transfer=} matches the style images' colours to the content image's; none is "
+                           "given.", "color_transfer", color_transfer=s.color_transfer)
+    return [images.transfer_colors(st, content, s.color_transfer) for st in styles]
 
 
 def stylize(content, style, settings: Settings | None = None, *, output: str | os.PathLike | None = None,
@@ -223,7 +251,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     if content is not None:
         content_img = images.load_image(content, label="content image")
         content_img = images.resize_long_side(content_img, s.image_size, label="content image")
-    styles = prepare_styles(style, s)
+    styles = prepare_styles(style, s, content_img)
     params = get_params(s.weights)
     used = weights_used(s.weights)
     described = provenance.describe_inputs(inputs)
@@ -398,5 +426,5 @@ def _write_partial(array: np.ndarray, iteration: int, out_path: Path, inputs, ov
     return path, None
 
 
-__all__: Sequence[str] = ["Interrupted", "Result", "stylize", "get_params", "make_settings", "partial_path",
-                          "snapshot_path"]
+__all__: Sequence[str] = ["Interrupted", "Result", "stylize", "get_params", "make_settings", "match_style_colors",
+                          "partial_path", "prepare_styles", "snapshot_path", "tile"]

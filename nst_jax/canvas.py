@@ -31,6 +31,19 @@ def shape(s: Settings, long_side: int | None = None) -> tuple[int, int]:
     return hw
 
 
+def for_size(s: Settings, h: int, w: int) -> Settings:
+    """``s`` with the canvas ``h`` x ``w`` pixels (height x width): ``image_size`` the long side, ``aspect``
+    width / height (aimed so that :func:`shape` gives exactly ``(h, w)`` despite its truncation).
+
+    Raises:
+        SettingError: a side is too small (``image_size``, or :data:`MIN_SIDE` for the short side).
+    """
+    s = s.replace(image_size=max(h, w), aspect=w / h)
+    if shape(s) != (h, w):  # the short side is truncated: aim at its middle so that it comes out exact
+        s = s.replace(aspect=w / (h + 0.5) if w > h else (w + 0.5) / h)
+    return s
+
+
 def check_inputs(s: Settings, content, style) -> None:
     """Raises a :class:`SettingError` if the given images (``None``: not given) do not fit the settings: a
     term whose image is missing, an option that needs the missing content image, ``aspect`` with one, or
@@ -43,7 +56,8 @@ def check_inputs(s: Settings, content, style) -> None:
             raise SettingError("no content image is given, but {content_weight=} asks for a content loss: pass a "
                                "content image, or set {content_weight} to 0 (texture synthesis).",
                                "content_weight", content_weight=s.content_weight)
-        for name, bad in (("init", s.init == "content"), ("original_colors", s.original_colors)):
+        for name, bad in (("init", s.init == "content"), ("original_colors", s.original_colors),
+                          ("color_transfer", s.color_transfer != "none")):
             if bad:
                 raise SettingError("{0}={got!r} needs a content image; none is given.", name, got=getattr(s, name))
         shape(s)

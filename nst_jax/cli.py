@@ -3,8 +3,10 @@
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
 :mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights), ``nst-jax layers``
 (the layers of a loss and their weights), ``nst-jax compare`` (method presets side by side), ``nst-jax info``
-(how an output was made), ``nst-jax normalize-weights`` (the normalized VGG-19, :mod:`nst_jax.normalize`) and
-``nst-jax serve`` (a local web page, :mod:`nst_jax.web`, imported only by that command: the ``web`` extra).
+(how an output was made), ``nst-jax reconstruct`` and ``nst-jax texture`` (:mod:`nst_jax.modes`: one layer's
+reconstruction of a content image, a texture from a style image), ``nst-jax normalize-weights`` (the
+normalized VGG-19, :mod:`nst_jax.normalize`) and ``nst-jax serve`` (a local web page, :mod:`nst_jax.web`,
+imported only by that command: the ``web`` extra).
 The settings flags are generated from :class:`nst_jax.config.Settings` (:mod:`nst_jax.flags`), so every setting is a
 flag with the same default and help text.
 
@@ -23,8 +25,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from nst_jax import (__version__, aliases, api, batch_cli, canvas, compare, images, layersets, normalize, optim,
-                     presets, provenance, sweep, weighting)
+from nst_jax import (__version__, aliases, api, batch_cli, canvas, compare, images, layersets, modes, normalize,
+                     optim, presets, provenance, sweep, weighting)
 from nst_jax.config import SettingError, Settings
 from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
@@ -32,7 +34,8 @@ from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "compare", "layers", "info", "normalize-weights", "serve")
+COMMANDS = ("stylize", "batch", "sweep", "compare", "reconstruct", "texture", "layers", "info", "normalize-weights",
+            "serve")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -213,6 +216,55 @@ def _add_compare_parser(subparsers) -> None:
     add_settings_arguments(parser, exclude={"method"})
 
 
+RECONSTRUCT_DESCRIPTION = ("Reconstruct a content image from noise out of one layer's activations (no style; "
+                           "--init random and --tv-weight 0 unless given): what the layer keeps of the image. "
+                           "convB_I reads the convolution before its ReLU, reluB_I (or the Keras blockB_convI) "
+                           "after it.")
+TEXTURE_DESCRIPTION = ("Synthesize a texture from a style image's statistics: no content image (--content-weight 0), "
+                       "on a canvas of --size HxW (or --image-size by --aspect).")
+
+
+def _add_reconstruct_parser(subparsers) -> None:
+    parser = subparsers.add_parser("reconstruct", help="A content image rebuilt from one layer's activations.",
+                                   description=RECONSTRUCT_DESCRIPTION,
+                                   epilog="example:\n  nst-jax reconstruct --content photo.jpg --layer conv4_2 "
+                                          "--output recon.png\n",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_reconstruct)
+    parser.add_argument("--content", required=True, help="Content image (path).")
+    parser.add_argument("--layer", required=True, metavar="LAYER",
+                        help="The layer: one of the 16 conv layers as convB_I (before the ReLU), reluB_I or "
+                             "blockB_convI (after it).")
+    _add_output_arguments(parser)
+    add_settings_arguments(parser, exclude={"content_layers", "style_weight"})
+
+
+def _add_texture_parser(subparsers) -> None:
+    parser = subparsers.add_parser("texture", help="A texture from a style image (no content).",
+                                   description=TEXTURE_DESCRIPTION,
+                                   epilog="example:\n  nst-jax texture --style painting.jpg --layers relu1_1,relu2_1 "
+                                          "--size 256x384 --output texture.png\n",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_texture)
+    parser.add_argument("--style", required=True, action="append",
+                        help="Style image (path); repeat for several styles (see --style-blend-weights).")
+    parser.add_argument("--layers", metavar="LIST",
+                        help="Style layers, comma-separated (names, pairs 'deep:shallow' or sets, as "
+                             "--style-layers; default: the settings' style layers).")
+    parser.add_argument("--size", type=_size, metavar="HxW",
+                        help="The canvas, height x width in pixels (default: --image-size by --aspect).")
+    _add_output_arguments(parser)
+    add_settings_arguments(parser, exclude={"content_weight", "style_layers"})
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, help="Output image path (.png recommended: holds the settings).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing output file that nst-jax did not write (default: refuse; "
+                             "previous nst-jax outputs are always replaced, inputs never).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
 def _add_serve_parser(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="A local web page to stylize by clicking.",
                                    description=SERVE_DESCRIPTION)
@@ -241,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch_cli.add_parser(commands)
     _add_sweep_parser(commands)
     _add_compare_parser(commands)
+    _add_reconstruct_parser(commands)
+    _add_texture_parser(commands)
     _add_layers_parser(commands)
     _add_info_parser(commands)
     _add_normalize_parser(commands)
@@ -286,12 +340,7 @@ def _canvas_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace, s:
     if given:
         fail(parser, f"--size replaces {' and '.join(map(_flag, given))}: give --size or "
                      f"{' and '.join(map(_flag, given))}, not both.")
-    h, w = ns.size
-    aspect = w / h
-    s = s.replace(image_size=max(h, w), aspect=aspect)
-    if canvas.shape(s) != (h, w):  # the short side is truncated: aim at its middle so that it comes out exact
-        s = s.replace(aspect=w / (h + 0.5) if w > h else (w + 0.5) / h)
-    return s
+    return canvas.for_size(s, *ns.size)
 
 
 def _recorded(parser: argparse.ArgumentParser, path: str) -> dict:
@@ -362,6 +411,39 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     last = result.history[-1]
     for snap in result.snapshots:
         print(f"snapshot {snap}")
+    print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
+          f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
+    return 0
+
+
+def _run_reconstruct(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    return _run_mode(parser, ns, lambda s, **kw: modes.reconstruct(ns.content, ns.layer, s, **kw))
+
+
+def _run_texture(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    if ns.size is not None:
+        given = [f for f in ("image_size", "aspect") if f in vars(ns)]
+        if given:
+            fail(parser, f"--size replaces {' and '.join(map(_flag, given))}: give --size or "
+                         f"{' and '.join(map(_flag, given))}, not both.")
+    return _run_mode(parser, ns, lambda s, **kw: modes.texture(ns.style, layers=ns.layers, size=ns.size,
+                                                                settings=s, **kw))
+
+
+def _run_mode(parser: argparse.ArgumentParser, ns: argparse.Namespace, run) -> int:
+    """Runs a :mod:`nst_jax.modes` study ``run(settings, output=..., overwrite=..., progress=...)``."""
+    received: list[int] = []
+    try:
+        settings = settings_from_args(ns)
+        with sigterm_as_interrupt(received), report_created_directory(Path(ns.output).expanduser().parent):
+            result = run(settings, output=ns.output, overwrite=ns.overwrite, progress=not ns.quiet)
+    except (ValueError, TypeError, WeightsError, optim.NonFiniteLossError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt as e:
+        code = 128 + int(received[-1] if received else signal.SIGINT)
+        parser.exit(code, f"{parser.prog}: {e}.\n" if isinstance(e, api.Interrupted)
+                    else f"{parser.prog}: interrupted; no output was written.\n")
+    last = result.history[-1]
     print(f"wrote {result.output} ({result.array.shape[1]}x{result.array.shape[0]}, "
           f"{last.iteration} iterations, loss {last.total:.6g}, {last.elapsed:.1f} s)")
     return 0

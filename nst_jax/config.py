@@ -49,6 +49,10 @@ Loop = Literal["auto", "step", "chunk"]
 Precision = Literal["default", "high", "highest"]
 StyleLoss = Literal["gram", "w2", "mrf", "gram_cube"]
 LayerWeighting = Literal["uniform", "geometric"]  # weighting.WEIGHTINGS
+ColorTransfer = Literal["none", "histogram", "stats"]  # images.COLOR_TRANSFERS
+#: Largest repeat count of ``style_tile`` in each direction (a bound against typos: the tiled image is held in
+#: memory at the style image's own size before it is resized).
+MAX_STYLE_TILE = 16
 
 
 #: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
@@ -82,6 +86,14 @@ class Settings:
         False, "Keep the content image's colors: the result's luminance, the content's chroma.")
     aspect: float | None = _opt(None, "Width / height of the output when there is no content image (texture "
                                       "synthesis, content_weight 0; the long side is image_size); default 1.")
+    color_transfer: ColorTransfer = _opt(
+        "none", "Match the style images' colours to the content image's before their statistics are taken: "
+                "'histogram' (each RGB channel's histogram, exact CDF matching) or 'stats' (the RGB mean and "
+                "covariance, an affine map by symmetric matrix square roots), after style_tile and resizing; "
+                "needs a content image. 'none': the style's own colours.")
+    style_tile: tuple[int, int] = _opt(
+        (1, 1), "Repeat each style image N rows x M columns (NxM, each 1..16) before it is resized to image_size * "
+                "style_scale, so its texture comes out N and M times smaller; 1x1: as it is.")
 
     # --- losses
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "Content layers (Keras aliases accepted; 'all' = the 16 "
@@ -346,6 +358,7 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "conv_algorithm": ("auto", "direct", "winograd"),
     "layer_weighting": weighting.WEIGHTINGS,
+    "color_transfer": ("none", "histogram", "stats"),
     "method": (None, *presets.NAMES),
 }
 
@@ -501,6 +514,7 @@ def _validate(s: Settings) -> None:
                      ("save_every", 0)):
         _set(s, name, _integer(name, getattr(s, name), lo))
     _set(s, "seed", _integer("seed", s.seed, 0, _SEED_MAX))
+    _set(s, "style_tile", _style_tile(s.style_tile))
     if s.scale_iterations is not None:
         _set(s, "scale_iterations", _integer("scale_iterations", s.scale_iterations, 0))
     for name in ("content_layers", "style_layers"):
@@ -572,6 +586,14 @@ def _coarse_example(image_size: int) -> tuple[int, ...] | None:
     """A valid one-stage ``scales`` for ``image_size`` (about half of it), for messages; None if there is none."""
     half = max(image_size // 2, MIN_IMAGE_SIZE)
     return (half,) if half < image_size else None
+
+
+def _style_tile(value) -> tuple[int, int]:
+    items = _items("style_tile", value, "two integers (rows, columns)")
+    if len(items) != 2 or not all(_is_integral(v) and 1 <= v <= MAX_STYLE_TILE for v in items):
+        raise SettingError("{0} must be two integers (rows, columns), each 1..{hi}, got {got!r}.", "style_tile",
+                           hi=MAX_STYLE_TILE, got=value)
+    return int(items[0]), int(items[1])
 
 
 def _is_integral(v) -> bool:

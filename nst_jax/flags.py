@@ -24,6 +24,20 @@ from nst_jax.config import SECTIONS, SettingError, Settings, section_of
 
 _TUPLE_OF_STR = {"content_layers", "style_layers"}
 
+
+def _rows_by_columns(text: str) -> tuple[int, int]:
+    """``NxM`` -> ``(n, m)`` (checked by :class:`Settings`)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        n, m = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be NxM (rows x columns, e.g. 2x3), got {text!r}") from None
+    return n, m
+
+
+#: Settings read from one word on the command line: ``(parse, metavar)``.
+_PARSED = {"style_tile": (_rows_by_columns, "NxM")}
+
 #: Other flags of a setting: ``--style-pairs conv2_1:conv1_2,...`` reads as the cross-layer entries it sets.
 ALIASES = {"style_layers": ("--style-pairs",)}
 
@@ -66,7 +80,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
         tp = _strip_optional(hints[f.name])
         group = groups[section_of(f.name)]
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        shown = _show(f.default)
+        shown = "x".join(map(str, f.default)) if f.name in _PARSED else _show(f.default)
         if shown is not None:
             kw["help"] += f" (default: {shown})"
         origin = typing.get_origin(tp)
@@ -75,6 +89,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, several: Collecti
                 raise TypeError(f"setting {f.name} is not a number; it cannot take several values")
             kw.update(nargs="+", type=tp, metavar="W")
             kw["help"] += "; several values: one grid cell per value (every combination with the other swept flags)"
+        elif f.name in _PARSED:
+            kw["type"], kw["metavar"] = _PARSED[f.name]
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif f.metadata.get("choices"):  # a str field whose values are listed elsewhere (method: the presets)

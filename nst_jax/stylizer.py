@@ -84,7 +84,8 @@ class BatchStylizer:
         caffe = vgg.preprocess(jnp.asarray(content))
         styles = self.styles[style_index] if styles is None else styles
         key = (style_index, tuple(styles[0].shape) if styles else None)
-        if key not in self._style_targets:  # style targets: once per style (and stage size)
+        if key not in self._style_targets or self.settings.color_transfer != "none":
+            # style targets: once per style (and stage size); per image when its colours are the content's
             self._style_targets[key] = objective_mod.style_targets(
                 self.objective, self.params, [vgg.preprocess(jnp.asarray(st)) for st in styles],
                 self.settings.style_blend_weights)
@@ -169,7 +170,9 @@ class BatchStylizer:
 
         def prepare(stage: pipeline.Stage) -> pipeline.StageInputs:
             # the stages of nst_jax.stylize, with its images at each
-            imgs = [stage.images(contents[i], self.styles[style_indices[i]], s) for i in chunk]
+            # (color_transfer: each image's style images with its colours, at full size, then resized)
+            imgs = [stage.images(contents[i], api.match_style_colors(self.styles[style_indices[i]], contents[i], s),
+                                 s) for i in chunk]
             targets = split_targets([self._targets(c, style_indices[i], st, per_image[i][1])
                                      for i, (c, st) in zip(chunk, imgs)])
             # each image starts exactly where nst_jax.stylize would start it (same key, same shape)

@@ -85,6 +85,8 @@ NON_DEFAULT = {
     "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
     "original_colors": (["--original-colors"], True),
     "aspect": (["--aspect", "1.5"], 1.5),
+    "color_transfer": (["--color-transfer", "histogram"], "histogram"),
+    "style_tile": (["--style-tile", "2x3"], (2, 3)),
     "content_layers": (["--content-layers", "relu1_1", "block2_conv1"], ("relu1_1", "relu2_1")),
     "style_layers": (["--style-layers", "relu1_1,relu3_1"], ("relu1_1", "relu3_1")),
     "content_weight": (["--content-weight", "2.5"], 2.5),

@@ -2,8 +2,8 @@
 
 The parts: :mod:`~nst_jax.images.read` (decoding anything a user hands us), :mod:`~nst_jax.images.convert`
 (sizes, resizing, 8-bit conversion), :mod:`~nst_jax.images.write` (output-path checks, atomic writes,
-metadata), :mod:`~nst_jax.images.color` (YUV, original colors), :mod:`~nst_jax.images.listing` (the inputs
-of a batch job). Everything public is importable from ``nst_jax.images``.
+metadata), :mod:`~nst_jax.images.color` (YUV, original colors, colour transfer), :mod:`~nst_jax.images.listing`
+(the inputs of a batch job). Everything public is importable from ``nst_jax.images``.
 
 Images inside nst_jax are float32 numpy arrays of shape (H, W, 3), RGB, with
 values in [0, 1]. This module turns anything a user may hand us (a path, a PIL
@@ -42,7 +42,8 @@ Choices that differ from, or pin down, the reference implementations
 """
 
 from nst_jax.images.base import IMAGE_EXTENSIONS, MIN_SIZE, SAVE_FORMATS, ImageError, ImageSource, ImageWarning
-from nst_jax.images.color import original_colors, rgb_to_yuv, yuv_to_rgb
+from nst_jax.images.color import (COLOR_TRANSFERS, match_histograms, match_stats, original_colors, rgb_to_yuv,
+                                  transfer_colors, yuv_to_rgb)
 from nst_jax.images.convert import resize, resize_long_side, target_size, to_pil, to_uint8
 from nst_jax.images.listing import list_images
 from nst_jax.images.read import MAX_PIXELS_ENV, load_image
@@ -76,6 +77,10 @@ __all__ = [
     "list_images",
     "load_image",
     "original_colors",
+    "COLOR_TRANSFERS",
+    "match_histograms",
+    "match_stats",
+    "transfer_colors",
     "read_metadata",
     "resize",
     "resize_long_side",
