@@ -151,10 +151,10 @@ def _per_image(fn, sharding=None):
     return mapped
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_batch(objective, spec, sharding, params, x0, targets, shared):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames="hook")
+def _init_batch(objective, spec, sharding, params, x0, targets, shared, hook=None):
     trace_counts["init", tuple(x0.shape)] += 1
-    init = _per_image(lambda x, t: optim.init(objective, spec, params, x, merge_targets(shared, t)), sharding)
+    init = _per_image(lambda x, t: optim.init(objective, spec, params, x, merge_targets(shared, t), hook), sharding)
     return _constrain(init(x0, targets), sharding)
 
 
@@ -218,7 +218,7 @@ def batch_stepper(objective: Objective, spec: optim.SolverSpec, params, targets,
     with_hook = {} if hook is None else {"hook": hook}  # no hook: the very program (and cache entry) as before
 
     def init(x0):
-        return _init_batch(objective, spec, sharding, params, x0, targets, shared)
+        return _init_batch(objective, spec, sharding, params, x0, targets, shared, **with_hook)
 
     def advance(state, n):
         if loop == "step" and _separate(sharding):
