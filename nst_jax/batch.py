@@ -48,7 +48,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nst_jax import api, images, optim, pipeline, vgg
+from nst_jax import api, images, optim, pipeline, stall, vgg
 from nst_jax.config import Settings
 from nst_jax.objective import Objective
 
@@ -358,11 +358,12 @@ def run_batch_stages(objective: Objective, spec: optim.SolverSpec, params, plan:
     errors: list[Exception | None] = [None] * b
 
     def record(stop: pipeline.Stop) -> None:
-        its, terms = jax.device_get((stop.state.iteration, stop.state.terms))
+        its, terms, blurs = jax.device_get((stop.state.iteration, stop.state.terms, stall.blur_count(stop.state)))
         offsets = np.broadcast_to(stop.offset, its.shape)
         for i in range(b):
             pipeline.add_record(histories[i], int(offsets[i]) + int(its[i]),
-                                jax.tree.map(lambda a, i=i: a[i], terms), stop.elapsed, stop.stage.size)
+                                jax.tree.map(lambda a, i=i: a[i], terms), stop.elapsed, stop.stage.size,
+                                None if blurs is None else int(blurs[i]))
         if on_stop is not None:
             on_stop(stop.state, stop.elapsed)
 

@@ -471,17 +471,20 @@ class Record:
     elapsed: float
     size: int | None = None  # long side of the image at this record (differs between coarse-to-fine stages)
     terms: Mapping[str, float] = field(default_factory=dict, hash=False)  # every weighted term, by name
+    blurs: int | None = None  # blur_on_stall: blurs so far (counted on across stages); None without it
 
     @classmethod
-    def from_terms(cls, iteration: int, terms: Mapping, elapsed: float, size: int | None = None) -> "Record":
+    def from_terms(cls, iteration: int, terms: Mapping, elapsed: float, size: int | None = None,
+                   blurs: int | None = None) -> "Record":
         """The record of one image's :class:`~nst_jax.objective.Terms` (host values), every term by name."""
         named = {k: float(v) for k, v in terms.items() if k != "total"}
         return cls(iteration, float(terms["total"]), named.get("content", 0.0), named.get("style", 0.0),
-                   named.get("tv", 0.0), elapsed, size, named)
+                   named.get("tv", 0.0), elapsed, size, named, blurs)
 
     def as_dict(self) -> dict:
         return dict(iteration=self.iteration, total=self.total, content=self.content, style=self.style,
-                    tv=self.tv, elapsed=self.elapsed, size=self.size, terms=dict(self.terms))
+                    tv=self.tv, elapsed=self.elapsed, size=self.size, terms=dict(self.terms),
+                    **({} if self.blurs is None else {"blurs": self.blurs}))
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -25,7 +25,10 @@ import jax.numpy as jnp
 
 from nst_jax import optim
 
-__all__ = ["BlurOnStall", "StallState", "blur_count", "gaussian_blur", "gaussian_kernel", "reset_lbfgs_history"]
+from nst_jax.config import Settings
+
+__all__ = ["BlurOnStall", "StallState", "blur_count", "gaussian_blur", "gaussian_kernel", "reset_lbfgs_history",
+           "settings_hook"]
 
 #: The kernel reaches this many sigmas each side (scipy.ndimage.gaussian_filter's default ``truncate``).
 TRUNCATE = 3.0
@@ -135,3 +138,18 @@ class BlurOnStall:
 def blur_count(state: optim.State):
     """The blurs per image of a state run with :class:`BlurOnStall` (an int array, batch-shaped), else None."""
     return state.extra.blurs if isinstance(state.extra, StallState) else None
+
+
+def settings_hook(s: Settings, hook: optim.Hook | None = None) -> optim.Hook | None:
+    """The in-step hook of a run: ``hook`` (a caller's), or :class:`BlurOnStall` from the settings'
+    ``blur_on_stall``, ``stall_iterations``, ``stall_threshold`` and ``blur_sigma``; the one place where the
+    settings become a hook (:func:`nst_jax.stylize` and :class:`nst_jax.batch.BatchStylizer` use it).
+
+    Raises:
+        ValueError: both a ``hook`` and ``blur_on_stall`` (one hook per step).
+    """
+    if not s.blur_on_stall:
+        return hook
+    if hook is not None:
+        raise ValueError("blur_on_stall is an in-step hook itself: pass either hook=... or blur_on_stall, not both.")
+    return BlurOnStall(s.stall_iterations, s.stall_threshold, s.blur_sigma)

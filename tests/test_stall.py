@@ -122,3 +122,30 @@ def test_bad_settings_and_optimizer_are_named(problem):
         stall.BlurOnStall(threshold=-1.0)
     with pytest.raises(ValueError, match="neural-style L-BFGS"):
         stall.reset_lbfgs_history(optim.SolverSpec(optimizer="adam"), jnp.asarray(True))
+
+
+CONTENT = EXAMPLES / "tubingen.jpg"
+RUN = dict(KW, num_iterations=2 * K + 1, print_every=K, blur_on_stall=True, stall_iterations=K)
+
+
+def test_settings_through_stylize_and_stylize_batch():
+    import nst_jax
+    from nst_jax.stylizer import stylize_batch
+
+    photo = images.resize_long_side(images.load_image(CONTENT), 32)
+    other = np.ascontiguousarray(photo[::-1])
+    style = EXAMPLES / "starry_night.jpg"
+    # threshold 1: every window is a stall; blurs at K and 2K + 1 (the window restarts after a blur)
+    alone = nst_jax.stylize(photo, style, stall_threshold=1.0, progress=False, **RUN)
+    assert alone.blurs == 2 and [r.blurs for r in alone.history] == [0, 1, 1, 2]
+    assert alone.history[-1].as_dict()["blurs"] == 2
+    # without blur_on_stall: no hook, no count
+    assert stall.settings_hook(Settings(**KW)) is None
+    assert "blurs" not in optim.Record.from_terms(0, {"total": 1.0}, 0.0).as_dict()
+    # a batch: each image its own count, and what it gets alone
+    both = stylize_batch([photo, other], style, stall_threshold=1.0, progress=False, **RUN)
+    assert [b.blurs for b in both] == [2, 2]
+    assert abs(alone.loss - both[0].loss) <= 1e-3 * abs(alone.loss)
+    assert np.abs(alone.array - both[0].array).max() <= 1 / 255
+    with pytest.raises(ValueError, match="either hook"):
+        nst_jax.stylize(photo, style, hook=lambda st: st, progress=False, **RUN)
