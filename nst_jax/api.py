@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import canvas, display, images, normalize, optim, provenance, vgg, weights
+from nst_jax import canvas, display, images, normalize, optim, provenance, stall, vgg, weights
 from nst_jax.config import SettingError, Settings
 from nst_jax.objective import Objective, make_targets
 
@@ -54,6 +54,11 @@ class Result:
     def loss(self) -> float:
         """Final total loss."""
         return self.history[-1].total
+
+    @property
+    def blurs(self) -> int | None:
+        """With ``blur_on_stall``: how many times the image was blurred (all stages); else None."""
+        return self.history[-1].blurs if self.history else None
 
     def save(self, path, *, metadata: dict | None = None) -> Path:
         """Writes the output atomically; its metadata (PNG text, EXIF elsewhere) records how it was made: the
@@ -260,6 +265,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
+    hook = stall.settings_hook(s, hook)
     plan = coarse_to_fine(s)
     history: list[optim.Record] = []
     snapshots: list[Path] = []
@@ -279,7 +285,9 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
         state, size = stop.state, stop.stage.size
         offsets[stop.stage] = stop.offset
         it = stop.offset + int(state.iteration)
-        rec = add_record(history, it, jax.device_get(state.terms), stop.elapsed, size)
+        blurs = stall.blur_count(state)
+        rec = add_record(history, it, jax.device_get(state.terms), stop.elapsed, size,
+                         None if blurs is None else int(blurs))
         if bar is not None:
             bar.record(rec)
         if callback is not None:

@@ -48,7 +48,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nst_jax import api, images, optim, pipeline, vgg
+from nst_jax import api, images, optim, pipeline, stall, vgg
 from nst_jax.config import Settings
 from nst_jax.objective import Objective
 
@@ -151,10 +151,10 @@ def _per_image(fn, sharding=None):
     return mapped
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_batch(objective, spec, sharding, params, x0, targets, shared):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames="hook")
+def _init_batch(objective, spec, sharding, params, x0, targets, shared, hook=None):
     trace_counts["init", tuple(x0.shape)] += 1
-    init = _per_image(lambda x, t: optim.init(objective, spec, params, x, merge_targets(shared, t)), sharding)
+    init = _per_image(lambda x, t: optim.init(objective, spec, params, x, merge_targets(shared, t), hook), sharding)
     return _constrain(init(x0, targets), sharding)
 
 
@@ -218,7 +218,7 @@ def batch_stepper(objective: Objective, spec: optim.SolverSpec, params, targets,
     with_hook = {} if hook is None else {"hook": hook}  # no hook: the very program (and cache entry) as before
 
     def init(x0):
-        return _init_batch(objective, spec, sharding, params, x0, targets, shared)
+        return _init_batch(objective, spec, sharding, params, x0, targets, shared, **with_hook)
 
     def advance(state, n):
         if loop == "step" and _separate(sharding):
@@ -358,11 +358,12 @@ def run_batch_stages(objective: Objective, spec: optim.SolverSpec, params, plan:
     errors: list[Exception | None] = [None] * b
 
     def record(stop: pipeline.Stop) -> None:
-        its, terms = jax.device_get((stop.state.iteration, stop.state.terms))
+        its, terms, blurs = jax.device_get((stop.state.iteration, stop.state.terms, stall.blur_count(stop.state)))
         offsets = np.broadcast_to(stop.offset, its.shape)
         for i in range(b):
             pipeline.add_record(histories[i], int(offsets[i]) + int(its[i]),
-                                jax.tree.map(lambda a, i=i: a[i], terms), stop.elapsed, stop.stage.size)
+                                jax.tree.map(lambda a, i=i: a[i], terms), stop.elapsed, stop.stage.size,
+                                None if blurs is None else int(blurs[i]))
         if on_stop is not None:
             on_stop(stop.state, stop.elapsed)
 

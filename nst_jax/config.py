@@ -196,6 +196,14 @@ class Settings:
     loop: Loop = _opt("auto", "Loop form: 'step' = one jitted call per iteration (fastest on CPU), "
                               "'chunk' = compiled chunks of iterations (fastest on GPU/TPU), 'auto' picks by backend.")
     chunk_size: int = _opt(25, "Iterations per compiled chunk (loop='chunk').")
+    blur_on_stall: bool = _opt(
+        False, "Blur the image (Gaussian, blur_sigma) whenever its loss improved by less than stall_threshold "
+               "(relative) over stall_iterations iterations, and restart L-BFGS from there: escapes the edge-"
+               "covered local minima of reconstructions from deep layers. Neural-style L-BFGS only.")
+    stall_iterations: int = _opt(5, "blur_on_stall: window of iterations over which the improvement is measured.")
+    stall_threshold: float = _opt(1e-3, "blur_on_stall: relative loss improvement over a window below which it "
+                                        "counts as a stall.")
+    blur_sigma: float = _opt(1.0, "blur_on_stall: standard deviation of the Gaussian blur in pixels.")
 
     # --- output
     print_every: int = _opt(50, "Record/print the losses every N iterations (0 = only first and last).")
@@ -504,13 +512,14 @@ def _apply_method(s: Settings) -> None:
 def _validate(s: Settings) -> None:
     for name in _CHOICES:
         _set(s, name, _choice(name, getattr(s, name)))
-    for name in ("original_colors", "remat", "style_blur", "style_adjacent", "style_content_aware"):
+    for name in ("original_colors", "remat", "style_blur", "style_adjacent", "style_content_aware", "blur_on_stall"):
         _set(s, name, _flag(name, getattr(s, name)))
     _set(s, "weights", _path("weights", s.weights,
                              "a weights file path (.h5 or .npz), 'random', 'normalized', or None"))
     _set(s, "init_image", _path("init_image", s.init_image, "an image file path or None"))
     _set(s, "image_size", _integer("image_size", s.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
-    for name, lo in (("num_iterations", 0), ("lbfgs_history", 1), ("chunk_size", 1), ("print_every", 0),
+    for name, lo in (("num_iterations", 0), ("lbfgs_history", 1), ("chunk_size", 1), ("stall_iterations", 1),
+                     ("print_every", 0),
                      ("save_every", 0)):
         _set(s, name, _integer(name, getattr(s, name), lo))
     _set(s, "seed", _integer("seed", s.seed, 0, _SEED_MAX))
@@ -519,7 +528,8 @@ def _validate(s: Settings) -> None:
         _set(s, "scale_iterations", _integer("scale_iterations", s.scale_iterations, 0))
     for name in ("content_layers", "style_layers"):
         _set(s, name, _layers(name, getattr(s, name)))
-    for name in ("content_weight", "style_weight", "tv_weight", "tolerance_grad", "tolerance_change"):
+    for name in ("content_weight", "style_weight", "tv_weight", "tolerance_grad", "tolerance_change",
+                 "stall_threshold"):
         _set(s, name, _real(name, getattr(s, name), nonneg=True))
     _set(s, "activation_shift", _real("activation_shift", s.activation_shift))
     _set(s, "activation_power", _real("activation_power", s.activation_power))
@@ -533,7 +543,7 @@ def _validate(s: Settings) -> None:
     _set(s, "mrf_scales", _numbers("mrf_scales", s.mrf_scales, 0.25, 4.0, "scales between 0.25 and 4"))
     if s.aspect is not None:
         _set(s, "aspect", _positive("aspect", s.aspect))
-    for name in ("style_scale", "epsilon"):
+    for name in ("style_scale", "epsilon", "blur_sigma"):
         _set(s, name, _positive(name, getattr(s, name)))
     if s.learning_rate is not None:
         _set(s, "learning_rate", _positive("learning_rate", s.learning_rate))
@@ -635,6 +645,15 @@ def _validate_combinations(s: Settings) -> None:
                            "leave {lbfgs_linesearch} unset or use {optimizer='lbfgs'}.",
                            "lbfgs_linesearch", "optimizer", lbfgs_linesearch=s.lbfgs_linesearch,
                            optimizer=s.optimizer)
+    for name in ("stall_iterations", "stall_threshold", "blur_sigma"):
+        if not s.blur_on_stall and getattr(s, name) != _DEFAULTS[name]:
+            raise SettingError("{0} is only used with {blur_on_stall}: add {blur_on_stall} or leave {0} unset.",
+                               name, "blur_on_stall")
+    if s.blur_on_stall and (s.optimizer != "lbfgs" or s.lbfgs_linesearch != "none"):
+        raise SettingError("{blur_on_stall} restarts neural-style's L-BFGS ({optimizer='lbfgs'}, "
+                           "{lbfgs_linesearch='none'}), got {optimizer=}, {lbfgs_linesearch=}: use that optimizer "
+                           "or leave {blur_on_stall} off.", "blur_on_stall", "optimizer", "lbfgs_linesearch",
+                           optimizer=s.optimizer, lbfgs_linesearch=s.lbfgs_linesearch)
     if s.scale_iterations is not None and not s.scales:
         example = _coarse_example(s.image_size)
         raise SettingError("{scale_iterations} is only used with {scales} (coarse-to-fine): "

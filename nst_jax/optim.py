@@ -99,12 +99,16 @@ class State(NamedTuple):
     # int32: -1 while the loss is finite; else the iteration whose loss was NaN/inf (0: the initial image).
     # That iteration is rolled back: x, terms, grad and iteration stay those of the last finite one.
     nonfinite: jax.Array
+    # Per-image state owned by the in-step hook (its ``init_extra(state)`` makes the initial one); () without.
+    extra: Any = ()
 
 
 #: An in-step hook: ``hook(state) -> state``, applied inside the compiled step after each update (e.g. to
 #: change the image or the optimizer state when an image stalls). It is static (part of the compiled
 #: structure: pass the same function object to reuse the compiled step) and pure; written for one image, it
 #: is vmapped over a batch, so it must decide per image with selects (``jnp.where``), never Python ``if``.
+#: A hook that keeps per-image bookkeeping across iterations has an ``init_extra(state) -> pytree`` method:
+#: :func:`init` stores its result in ``State.extra`` and the hook reads and replaces it there.
 Hook = Callable[[State], State]
 
 
@@ -317,8 +321,9 @@ def _jaxopt_solver(objective: Objective, spec: SolverSpec):
                         maxls=_MAX_LINESEARCH_STEPS)
 
 
-def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets) -> State:
-    """Evaluates the initial image and builds the optimizer state (pure; vmap-able)."""
+def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets, hook: Hook | None = None) -> State:
+    """Evaluates the initial image and builds the optimizer state (pure; vmap-able); with a ``hook`` that has
+    an ``init_extra`` method, its initial bookkeeping goes into ``State.extra``."""
     terms, grad = objective.value_and_grad(params, x0, targets)
     if spec.optimizer == "lbfgs" and spec.linesearch == "jaxopt":
         opt_state = _jaxopt_solver(objective, spec).init_state(x0, params, targets)
@@ -330,7 +335,9 @@ def init(objective: Objective, spec: SolverSpec, params, x0: jax.Array, targets)
     finite = jnp.isfinite(terms.total)
     done = _converged(spec, terms.total, terms.total + jnp.inf, grad) | ~finite
     nonfinite = jnp.where(finite, jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.int32))  # int32, not weak
-    return State(x0, opt_state, terms, grad, jnp.zeros((), jnp.int32), done, nonfinite)
+    state = State(x0, opt_state, terms, grad, jnp.zeros((), jnp.int32), done, nonfinite)
+    init_extra = getattr(hook, "init_extra", None)
+    return state if init_extra is None else state._replace(extra=init_extra(state))
 
 
 def _converged(spec: SolverSpec, value, prev_value, grad):
@@ -381,7 +388,7 @@ def step(objective: Objective, spec: SolverSpec, params, state: State, targets,
     back = lambda old, n: jax.tree.map(lambda o, v: jnp.where(finite, v, o), old, n)  # noqa: E731
     new = State(back(state.x, x), opt_state, back(state.terms, terms), back(state.grad, grad),
                 jnp.where(finite, state.iteration + 1, state.iteration), done,
-                jnp.where(finite, state.nonfinite, state.iteration + 1))
+                jnp.where(finite, state.nonfinite, state.iteration + 1), state.extra)
     if hook is not None:  # static: without a hook, not a single operation more
         new = hook(new)
     # A finished image keeps its state. Neural-style's L-BFGS state froze itself (told by frozen=): a select
@@ -406,9 +413,9 @@ def default_loop() -> str:
     return "step" if jax.default_backend() == "cpu" else "chunk"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_jit(objective, spec, params, x0, targets):
-    return init(objective, spec, params, x0, targets)
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="hook")
+def _init_jit(objective, spec, params, x0, targets, hook=None):
+    return init(objective, spec, params, x0, targets, hook)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="hook", donate_argnums=(3,))
@@ -445,7 +452,7 @@ def single_image_stepper(objective: Objective, spec: SolverSpec, params, targets
             return state
         return _steps_jit(objective, spec, params, state, targets, jnp.asarray(n, jnp.int32), **with_hook)
 
-    return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets), advance, loop == "step")
+    return Stepper(lambda x0: _init_jit(objective, spec, params, x0, targets, **with_hook), advance, loop == "step")
 
 
 @dataclass(frozen=True)
@@ -464,17 +471,20 @@ class Record:
     elapsed: float
     size: int | None = None  # long side of the image at this record (differs between coarse-to-fine stages)
     terms: Mapping[str, float] = field(default_factory=dict, hash=False)  # every weighted term, by name
+    blurs: int | None = None  # blur_on_stall: blurs so far (counted on across stages); None without it
 
     @classmethod
-    def from_terms(cls, iteration: int, terms: Mapping, elapsed: float, size: int | None = None) -> "Record":
+    def from_terms(cls, iteration: int, terms: Mapping, elapsed: float, size: int | None = None,
+                   blurs: int | None = None) -> "Record":
         """The record of one image's :class:`~nst_jax.objective.Terms` (host values), every term by name."""
         named = {k: float(v) for k, v in terms.items() if k != "total"}
         return cls(iteration, float(terms["total"]), named.get("content", 0.0), named.get("style", 0.0),
-                   named.get("tv", 0.0), elapsed, size, named)
+                   named.get("tv", 0.0), elapsed, size, named, blurs)
 
     def as_dict(self) -> dict:
         return dict(iteration=self.iteration, total=self.total, content=self.content, style=self.style,
-                    tv=self.tv, elapsed=self.elapsed, size=self.size, terms=dict(self.terms))
+                    tv=self.tv, elapsed=self.elapsed, size=self.size, terms=dict(self.terms),
+                    **({} if self.blurs is None else {"blurs": self.blurs}))
 
 
 class NonFiniteLossError(FloatingPointError):

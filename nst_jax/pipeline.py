@@ -100,7 +100,7 @@ def finish_image(x: jax.Array, content_img: np.ndarray, s: Settings) -> np.ndarr
 
 
 def add_record(history: list[optim.Record], iteration: int, terms, elapsed: float,
-               size: int | None) -> optim.Record:
+               size: int | None, blurs: int | None = None) -> optim.Record:
     """The progress record of one image at ``iteration`` (counted on across stages), added to its ``history``.
 
     A record is added unless the history's last one is of the same iteration and stage size: a stage's end
@@ -113,11 +113,16 @@ def add_record(history: list[optim.Record], iteration: int, terms, elapsed: floa
         terms: its loss terms (host values).
         elapsed: seconds since the run started.
         size: the stage's long side, or None.
+        blurs: blur_on_stall's blurs in this stage (:func:`nst_jax.stall.blur_count`), or None; the record
+            counts on from the last record of the stage before.
 
     Returns:
         The record (also when it was not added).
     """
-    rec = optim.Record.from_terms(iteration, terms, elapsed, size)
+    if blurs is not None:
+        before = next((r.blurs for r in reversed(history) if r.size != size), None) or 0
+        blurs = before + int(blurs)
+    rec = optim.Record.from_terms(iteration, terms, elapsed, size, blurs)
     if not history or (history[-1].iteration, history[-1].size) != (iteration, size):
         history.append(rec)
     return rec

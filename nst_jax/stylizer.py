@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import api, display, images, optim, pipeline, provenance, vgg
+from nst_jax import api, display, images, optim, pipeline, provenance, stall, vgg
 from nst_jax import objective as objective_mod
 from nst_jax.batch import (PER_IMAGE_SETTINGS, batch_settings, default_batch_size, fit_to_size, run_batch_stages,
                            split_targets)
@@ -54,7 +54,7 @@ class BatchStylizer:
         self.settings = s
         self.batch_size = batch_size
         self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.hook = hook
+        self.hook = stall.settings_hook(s, hook)
         style_sets = list(style) if grid else [style]
         if grid and not style_sets:
             raise ValueError("no style image given: pass at least one.")

@@ -125,6 +125,10 @@ NON_DEFAULT = {
     "seed": (["--seed", "3"], 3),
     "loop": (["--loop", "chunk"], "chunk"),
     "chunk_size": (["--chunk-size", "5"], 5),
+    "blur_on_stall": (["--blur-on-stall"], True),
+    "stall_iterations": (["--blur-on-stall", "--stall-iterations", "7"], 7),
+    "stall_threshold": (["--blur-on-stall", "--stall-threshold", "0.01"], 0.01),
+    "blur_sigma": (["--blur-on-stall", "--blur-sigma", "2"], 2.0),
     "print_every": (["--print-every", "7"], 7),
     "save_every": (["--save-every", "2"], 2),
     "scales": (["--scales", "128", "256"], (128, 256)),
@@ -152,7 +156,9 @@ def test_flags_match_settings_fields_exactly():
 
 
 # Settings that are only used together with another one (setting them alone is an error).
-NEEDS = {"init_image": "init", "scale_iterations": "scales", "mrf_stride": "style_loss", "mrf_rotations": "style_loss",
+NEEDS = {"init_image": "init", "stall_iterations": "blur_on_stall", "stall_threshold": "blur_on_stall",
+         "blur_sigma": "blur_on_stall", "scale_iterations": "scales", "mrf_stride": "style_loss",
+         "mrf_rotations": "style_loss",
          "mrf_scales": "style_loss", "style_blur": "style_layers", "style_content_aware": "style_layers"}
 
 
