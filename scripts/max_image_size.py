@@ -118,7 +118,7 @@ def smallest_size(step: int, aspect: tuple[int, int]) -> int:
 # XLA's estimate
 
 
-def _abstract_problem(settings, aspect: tuple[int, int]):
+def abstract_problem(settings, aspect: tuple[int, int]):
     """Objective, spec and abstract (``ShapeDtypeStruct``) params, images, targets and state at
     ``settings.image_size``; nothing of that size is allocated."""
     import functools
@@ -144,7 +144,7 @@ def _abstract_problem(settings, aspect: tuple[int, int]):
     return objective, spec, params, x, style, targets, state
 
 
-def _lowerings(settings, aspect: tuple[int, int], phases: Iterable[str]) -> dict[str, Callable]:
+def lowerings(settings, aspect: tuple[int, int], phases: Iterable[str]) -> dict[str, Callable]:
     """``{name: () -> jax.stages.Lowered}`` of the compiled functions of the chosen phases."""
     import jax
     import jax.numpy as jnp
@@ -152,7 +152,7 @@ def _lowerings(settings, aspect: tuple[int, int], phases: Iterable[str]) -> dict
     from nst_jax import objective as objective_mod
     from nst_jax import optim
 
-    objective, spec, params, x, style, targets, state = _abstract_problem(settings, aspect)
+    objective, spec, params, x, style, targets, state = abstract_problem(settings, aspect)
     loop = optim.default_loop() if settings.loop == "auto" else settings.loop
     out: dict[str, Callable] = {}
     if "targets" in phases:
@@ -216,15 +216,15 @@ def estimate(settings, size: int, *, remat: bool, aspect: tuple[int, int] = (4, 
     s = settings.replace(image_size=int(size), remat=bool(remat))
     cached = _CACHE.setdefault((s, tuple(aspect)), {})
     wanted = [n for n in _ORDER if _PHASE_OF[n] in set(phases)]
-    lowerings = None
+    lowered = None
     for name in wanted if compile else ():
         if name in cached:
             continue
         done = [cached[n]["peak"] for n in wanted if n in cached]
         if stop_above is not None and done and max(done) > stop_above:
             break
-        lowerings = lowerings or _lowerings(s, aspect, phases)
-        cached[name] = phase_memory(lowerings[name])
+        lowered = lowered or lowerings(s, aspect, phases)
+        cached[name] = phase_memory(lowered[name])
     figures = {n: cached[n] for n in wanted if n in cached}
     if not figures:
         return None
