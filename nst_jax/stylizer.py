@@ -265,7 +265,7 @@ def stylize_batch(contents: Sequence, style, settings: Settings | None = None, *
     stylizer = BatchStylizer(style, settings, batch_size=batch_size, output_size=output_size, **overrides)
     labels = [_label(c, i) for i, c in enumerate(contents)]
     if loss_weights is not None:  # a weight sweep: the weights tell the cells apart
-        labels = [label if not w else f"{label}: " + ", ".join(f"{k} {v:g}" for k, v in w.items())
+        labels = [label if not w else f"{label}: " + ", ".join(f"{k} {_number(v)}" for k, v in w.items())
                   for label, w in zip(labels, loss_weights)]
     return display.Results(stylizer.stylize(contents, progress=progress, loss_weights=loss_weights), labels=labels)
 
@@ -297,6 +297,13 @@ def stylize_grid(contents: Sequence, styles: Sequence, settings: Settings | None
     return display.Grid([flat[i * len(styles):(i + 1) * len(styles)] for i in range(len(contents))],
                         row_labels=[_label(c, i) for i, c in enumerate(contents)],
                         col_labels=[_label(st, j) for j, st in enumerate(styles)])
+
+
+def _number(value) -> str:
+    """A weight (a number, or per-layer numbers) as a label shows it."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_number(v) for v in value)
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _label(image, index: int) -> str:
