@@ -74,11 +74,22 @@ def test_preset_fields_match_the_papers_table(name):
 
 
 def test_cnn_mrf_without_its_kind_is_refused_clearly():
-    if not _missing("cnn-mrf"):
-        pytest.skip("the 'mrf' style kind is registered")
+    mrf_kind = terms.get("mrf")
+    terms.unregister("mrf")  # as in a build without the MRF loss; registered again below in any case
+    try:
+        _check_refusal()
+    finally:
+        terms.register("mrf", mrf_kind.loss, mrf_kind.make_target, mrf_kind.blend, source=mrf_kind.source,
+                       views=mrf_kind.views, pairs=mrf_kind.pairs, context=mrf_kind.context)
+    assert Settings(method="cnn-mrf").style_loss == "mrf"
+
+
+def _check_refusal():
+    assert _missing("cnn-mrf")
     with pytest.raises(SettingError, match=r"method='cnn-mrf' needs the style loss 'mrf', which is not registered"):
         Settings(method="cnn-mrf")
-    assert Settings(method="cnn-mrf", style_loss="gram").style_layers == ("relu3_1", "relu4_1")  # explicit wins
+    explicit = Settings(method="cnn-mrf", style_loss="gram", mrf_stride=1, mrf_rotations=(0.0,), mrf_scales=(1.0,))
+    assert explicit.style_layers == ("relu3_1", "relu4_1")  # explicit settings win over the missing kind
 
 
 def test_unknown_method_names_the_setting_and_the_choices():
