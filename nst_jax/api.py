@@ -64,9 +64,7 @@ class Result:
         """Writes the output atomically; its metadata (PNG text, EXIF elsewhere) records how it was made: the
         settings, the weights, the inputs, the software and device, the final losses, plus ``metadata``."""
         last = self.history[-1] if self.history else None
-        meta = {"settings": self.settings.to_dict(), **({"weights": self.weights} if self.weights else {}),
-                **({"inputs": self.inputs} if self.inputs is not None else {}),
-                "environment": provenance.environment(), "created": provenance.now(),
+        meta = {**provenance.record(self.settings.to_dict(), self.weights, self.inputs),
                 **({"iterations": last.iteration, "loss": last.total, "terms": dict(last.terms)} if last else {}),
                 **(metadata or {})}
         return images.save_image(self.array, path, metadata=meta)
@@ -261,7 +259,7 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     used = weights_used(s.weights)
     described = provenance.describe_inputs(inputs)
     # what every file written below records
-    meta = {"settings": s.to_dict(), "weights": used, "inputs": described, "environment": provenance.environment()}
+    meta = provenance.record(s.to_dict(), used, described)
 
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
@@ -299,7 +297,8 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
                 and stage_it < s.num_iterations):
             snap = snapshot_path(out_path, stage_it)
             snapshots.append(images.save_image(finish_image(state.x, content_img, s), snap,
-                                               metadata={**meta, "iteration": stage_it}))
+                                               metadata={**meta, "iteration": stage_it,
+                                                         "created": provenance.now()}))
 
     latest: dict = {}  # a copy of the newest iterate, saved on an interrupt
 
@@ -428,7 +427,8 @@ def _write_partial(array: np.ndarray, iteration: int, out_path: Path, inputs, ov
     path = partial_path(out_path, iteration)
     try:
         images.check_overwrite(path, inputs, overwrite=overwrite)
-        images.save_image(array, path, metadata={**metadata, "iteration": iteration, "partial": True})
+        images.save_image(array, path, metadata={**metadata, "iteration": iteration, "partial": True,
+                                                 "created": provenance.now()})
     except images.ImageError as e:
         return None, str(e)
     return path, None

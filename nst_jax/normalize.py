@@ -398,7 +398,7 @@ def _digest(source: ImageSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+            return weight_io.file_digest(path, "sha256")  # computed once per version of the file
         except OSError as e:
             raise image_io.ImageError(f"normalization image '{path}' cannot be read ({e.strerror or e}); check "
                                       "the path") from e

@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import os
 import platform
 from collections.abc import Iterable
 from pathlib import Path
 
+from nst_jax.weights import file_digest
+
 #: Hex digits of the SHA-256 kept for an input file: enough to tell files apart, short enough to read.
 HASH_DIGITS = 12
 
 
-@functools.lru_cache(maxsize=256)
-def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:HASH_DIGITS]
-
-
 def file_hash(path: str | os.PathLike) -> str:
-    """The first :data:`HASH_DIGITS` hex digits of a file's SHA-256 (cached while the file is unchanged)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _file_hash(str(p), st.st_size, st.st_mtime_ns)
+    """The first :data:`HASH_DIGITS` hex digits of a file's SHA-256 (:func:`nst_jax.weights.file_digest`: computed
+    once per version of the file)."""
+    return file_digest(Path(path), "sha256")[:HASH_DIGITS]
 
 
 def describe_input(role: str, source) -> dict:
@@ -118,3 +109,10 @@ def report(meta: dict, *, all_settings: bool = False) -> str:
     if meta.get("created"):
         lines.append(f"{'created:':<15} {meta['created']}")
     return "\n".join(lines)
+
+
+def record(settings: dict, weights: dict | None = None, inputs: list[dict] | None = None) -> dict:
+    """What every file nst_jax writes records about how it was made (outputs, snapshots, partial results):
+    the settings (``Settings.to_dict``), the weights and inputs where known, the software and device, and when."""
+    return {"settings": settings, **({"weights": weights} if weights else {}),
+            **({"inputs": inputs} if inputs is not None else {}), "environment": environment(), "created": now()}
