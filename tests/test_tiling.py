@@ -1,7 +1,7 @@
 """Tiled stylization (``tile``): the tile grid, the feathered blend, and a small run end to end.
 
-Runs are 96x128 px with 64 px tiles (6 tiles), random weights and two shallow style layers, so that the base
-stage and the tiles each compile a small program.
+Runs are 64x128 px with 64 px tiles (3 tiles, in batches of 2), random weights and two shallow style layers, so
+that the base stage and the tiles each compile a small program.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from nst_jax.config import SettingError, Settings
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STYLE = EXAMPLES / "starry_night.jpg"
 KW = dict(weights="random", image_size=128, style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",),
-          conv_algorithm="direct", num_iterations=2, tile=64, tile_overlap=16, tile_iterations=2, tile_batch=4,
+          conv_algorithm="direct", num_iterations=2, tile=64, tile_overlap=16, tile_iterations=2, tile_batch=2,
           print_every=0, progress=False)
 
 
@@ -89,7 +89,7 @@ def test_tile_settings_are_checked():
 
 
 def test_tiled_run_compiles_the_step_once_and_shares_the_style_targets(tmp_path, monkeypatch):
-    content = images.resize(images.load_image(EXAMPLES / "tubingen.jpg"), (96, 128))
+    content = images.resize(images.load_image(EXAMPLES / "tubingen.jpg"), (64, 128))
     seen = []
     optimize = batch.optimize_batch
 
@@ -100,9 +100,9 @@ def test_tiled_run_compiles_the_step_once_and_shares_the_style_targets(tmp_path,
     monkeypatch.setattr(batch, "optimize_batch", spy)
     before = batch.trace_counts.copy()
     result = nst_jax.stylize(content, STYLE, output=tmp_path / "out.png", **KW)
-    # 6 tiles in batches of 4 (the second padded): one trace (one compilation) of the batched step
-    assert batch.trace_counts - before == {("init", (4, 64, 64, 3)): 1, ("step", (4, 64, 64, 3)): 1}
-    assert [shape for shape, _, _ in seen] == [(4, 64, 64, 3)] * 2
+    # 3 tiles in batches of 2 (the second padded): one trace (one compilation) of the batched step
+    assert batch.trace_counts - before == {("init", (2, 64, 64, 3)): 1, ("step", (2, 64, 64, 3)): 1}
+    assert [shape for shape, _, _ in seen] == [(2, 64, 64, 3)] * 2
     # the style targets are those of the untiled run at the output size, shared (not per tile)
     s = api.make_settings(**{k: v for k, v in KW.items() if k != "progress"})
     obj = objective.Objective.from_settings(s)
@@ -113,9 +113,9 @@ def test_tiled_run_compiles_the_step_once_and_shares_the_style_targets(tmp_path,
         assert "target" not in targets["style"]
         for layer, value in expected["style"].items():
             np.testing.assert_allclose(np.asarray(shared["style"]["target"][layer]), np.asarray(value), rtol=1e-6)
-        assert targets["content"]["target"]["relu2_1"].shape[0] == 4  # per tile
+        assert targets["content"]["target"]["relu2_1"].shape[0] == 2  # per tile
     # the result: full size, refined from the base, written atomically with its settings
-    assert result.array.shape == (96, 128, 3)
+    assert result.array.shape == (64, 128, 3)
     assert [r.iteration for r in result.history] == [0, 2, 2, 4]
     assert [r.size for r in result.history] == [64, 64, 128, 128]
     assert result.output == tmp_path / "out.png" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
@@ -131,14 +131,14 @@ def test_batch_job_tiles_each_image(tmp_path):
     out = tmp_path / "out"
     flags = ["--weights", "random", "--image-size", "128", "--num-iterations", "2", "--style-layers", "relu1_1,relu2_1",
              "--content-layers", "relu2_1", "--conv-algorithm", "direct", "--tile", "64", "--tile-overlap", "16",
-             "--tile-iterations", "2", "--tile-batch", "4", "--print-every", "0", "--output-size", "96x128",
+             "--tile-iterations", "2", "--tile-batch", "2", "--print-every", "0", "--output-size", "64x128",
              "--quiet"]
     assert batch_cli.main(["--style", str(STYLE), "--inputs", str(folder), "--output-dir", str(out), *flags]) == 0
     for name in ("a", "b"):
         meta = images.read_metadata(out / f"{name}.png")
         assert meta["settings"]["tile"] == 64 and meta["iterations"] == 4  # base 2, then tiles 2
         # the same picture as nst_jax.stylize with the same settings makes of the same prepared image
-        prepared = batch.fit_to_size(images.load_image(folder / f"{name}.png"), (96, 128))
+        prepared = batch.fit_to_size(images.load_image(folder / f"{name}.png"), (64, 128))
         alone = nst_jax.stylize(prepared, STYLE, **KW)
         written = images.load_image(out / f"{name}.png")
         assert np.abs(written - images.to_uint8(alone.array) / 255.0).max() <= 1e-6
