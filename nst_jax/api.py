@@ -228,6 +228,9 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     Returns:
         A :class:`Result`; ``result.image`` is a PIL image, ``result.history[0]`` the initial loss.
 
+    With ``tile`` (large outputs) the image is made by :func:`nst_jax.tiling.refine`: the whole image at a
+    base size first, then overlapping tiles of the full-size image refined as batches and blended.
+
     Raises:
         ValueError: a bad setting or input (``images.ImageError`` for images, also an output that would
             replace an input or another program's file), naming it.
@@ -240,6 +243,14 @@ def stylize(content, style, settings: Settings | None = None, *, output: str | o
     s = make_settings(settings, **overrides)
     if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 0:
         raise ValueError(f"preview_every must be an integer >= 0 (0: no preview), got {preview_every!r}.")
+    if s.tile is not None:  # tiled: a base stage, then the tiles as batches (nst_jax.tiling)
+        if preview_every or image_callback is not None:
+            raise SettingError("preview_every and image_callback show the image of one optimization; {tile} runs "
+                               "many (a base stage, then the tiles): leave them unset or {tile} unset.", "tile")
+        from nst_jax import tiling  # it builds on this module
+
+        return tiling.stylize_tiled(content, style, s, output=output, overwrite=overwrite, callback=callback,
+                                    progress=progress, hook=hook)
     inputs = input_paths(content, style, s)
     out_path = None
     if s.save_every and output is None:

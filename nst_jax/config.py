@@ -58,7 +58,7 @@ MAX_STYLE_TILE = 16
 #: The topics of the settings, in order, each with its first field: a field belongs to the topic of the nearest
 #: first field above it (the command line's help groups the flags so).
 SECTIONS = (("method", "method"), ("images", "image_size"), ("losses", "content_layers"), ("network", "weights"),
-            ("optimization", "num_iterations"), ("output", "print_every"))
+            ("optimization", "num_iterations"), ("output", "print_every"), ("tiling", "tile"))
 
 
 def _opt(default, help: str, **kw):
@@ -208,6 +208,22 @@ class Settings:
     # --- output
     print_every: int = _opt(50, "Record/print the losses every N iterations (0 = only first and last).")
     save_every: int = _opt(0, "Write a snapshot every N iterations (0 = never).")
+
+    # --- tiling
+    tile: int | None = _opt(
+        None, "Tiled stylization for outputs too large for one pass: stylize the whole image at tile_base_size "
+              "first (scales apply there), upsample it to image_size, then refine overlapping square tiles of this "
+              "side (pixels) as batches, each with its own content and the whole style image's targets, and blend "
+              "them with feathered overlaps. Unset: untiled.")
+    tile_overlap: int = _opt(64, "tile: overlap of neighbouring tiles in pixels (at least this much; 0..tile-1), "
+                                 "over which they are cross-faded.")
+    tile_base_size: int | None = _opt(
+        None, "tile: long side of the whole-image stage that the tiles start from (num_iterations there); "
+              "default the tile side (at most image_size).")
+    tile_iterations: int | None = _opt(None, "tile: iterations of each tile (default num_iterations).")
+    tile_batch: int | None = _opt(
+        None, "tile: tiles per compiled call (one compiled program for all of them); default as many as fit in "
+              "the free memory (nst_jax.batch.default_batch_size).")
 
     def __new__(cls, *args, **kwargs):
         # Which fields the caller gives: the method preset fills in only the others (__post_init__).
@@ -566,6 +582,7 @@ def _validate(s: Settings) -> None:
         raise SettingError("{0} must not all be 0.", "style_blend_weights")
     _set(s, "style_blend_weights", blend)
     _validate_scales(s)
+    _validate_tiling(s)
     _validate_combinations(s)
 
 
@@ -590,6 +607,41 @@ def _validate_scales(s: Settings) -> None:
                                   "{image_size}."),
                                "scales", "image_size", image_size=s.image_size, got=vals, scales=example)
     _set(s, "scales", vals)
+
+
+def _validate_tiling(s: Settings) -> None:
+    """``tile`` and the settings only it reads; with it, ``scales`` belong to the base stage."""
+    if s.tile is None:
+        for name in ("tile_overlap", "tile_base_size", "tile_iterations", "tile_batch"):
+            if getattr(s, name) != _DEFAULTS[name]:
+                raise SettingError("{0} is only used with {tile} (tiled stylization): add e.g. {tile=} or leave "
+                                   "{0} unset.", name, "tile", tile=512)
+        return
+    _set(s, "tile", _integer("tile", s.tile, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
+    _set(s, "tile_overlap", _integer("tile_overlap", s.tile_overlap, 0))
+    if s.tile_overlap >= s.tile:
+        raise SettingError("{tile_overlap=} must be smaller than {tile=} (tiles must advance): lower "
+                           "{tile_overlap} (e.g. to {hint}).", "tile_overlap", "tile", tile_overlap=s.tile_overlap,
+                           tile=s.tile, hint=s.tile // 8)
+    if s.tile_base_size is not None:
+        _set(s, "tile_base_size", _integer("tile_base_size", s.tile_base_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE))
+    for name, lo in (("tile_iterations", 0), ("tile_batch", 1)):
+        if getattr(s, name) is not None:
+            _set(s, name, _integer(name, getattr(s, name), lo))
+    base = tile_base(s)
+    if s.scales and s.scales[-1] >= base:
+        raise SettingError("with {tile}, {scales} are the coarse-to-fine stages of the base stage, so they must "
+                           "stay below its long side {base} (min of {image_size}, {tile_base_size} or {tile}), "
+                           "got {got}.", "scales", "tile", "tile_base_size", "image_size", base=base, got=s.scales)
+    if s.save_every:
+        raise SettingError("{save_every} (snapshots) is not supported with {tile}: leave {save_every} at 0.",
+                           "save_every", "tile")
+
+
+def tile_base(s: Settings) -> int:
+    """The long side of a tiled stylization's base stage: ``tile_base_size`` (default ``tile``), at most
+    ``image_size``."""
+    return min(s.image_size, s.tile_base_size if s.tile_base_size is not None else s.tile)
 
 
 def _coarse_example(image_size: int) -> tuple[int, ...] | None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import api, display, images, optim, pipeline, provenance, stall, vgg
+from nst_jax import api, display, images, optim, pipeline, provenance, stall, tiling, vgg
 from nst_jax import objective as objective_mod
 from nst_jax.batch import (PER_IMAGE_SETTINGS, batch_settings, default_batch_size, fit_to_size, run_batch_stages,
                            split_targets)
@@ -55,6 +55,7 @@ class BatchStylizer:
         self.batch_size = batch_size
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.hook = stall.settings_hook(s, hook)
+        self.user_hook = hook  # tiled runs (tile): their base stage adds the settings' hook itself
         style_sets = list(style) if grid else [style]
         if grid and not style_sets:
             raise ValueError("no style image given: pass at least one.")
@@ -146,6 +147,15 @@ class BatchStylizer:
         if len(loss_weights) != n:
             raise ValueError(f"{len(loss_weights)} loss_weights for {n} content images; give one per image.")
         per_image = [self.image_settings(w) for w in loss_weights]
+        if self.settings.tile is not None:  # tiled: each image alone, its tiles the batch
+            for i in range(n):
+                t0 = time.perf_counter()
+                try:
+                    outcome = self._run_tiled(contents[i], style_indices[i], per_image[i][0])
+                except optim.NonFiniteLossError as e:
+                    outcome = e
+                yield [i], [outcome], time.perf_counter() - t0
+            return
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, c in enumerate(contents):
             buckets.setdefault(tuple(c.shape[:2]), []).append(i)
@@ -164,6 +174,20 @@ class BatchStylizer:
                         continue
                     raise
                 yield chunk, outcomes, time.perf_counter() - t0
+
+    def _run_tiled(self, content: np.ndarray, style_index: int, s: Settings) -> api.Result:
+        """One image stylized tile by tile (:func:`nst_jax.tiling.refine`), its style targets made once per
+        style (per image when its colours are the content's)."""
+        styles = api.match_style_colors(self.styles[style_index], content, s)
+        key = (style_index, "tiled")
+        shared = self._style_targets.get(key) if s.color_transfer == "none" else None
+        if shared is None:
+            shared = tiling.style_targets(self.objective, self.params, styles, s)
+            if s.color_transfer == "none":
+                self._style_targets[key] = shared
+        array, history = tiling.refine(content, styles, s, self.params, hook=self.user_hook, progress=False,
+                                       devices=self.devices, shared_targets=shared)
+        return api.Result(array, history, s, weights=self.weights, inputs=list(self.style_inputs[style_index]))
 
     def _run_chunk(self, chunk, contents, style_indices, labels, per_image, on_stop):
         s = self.settings

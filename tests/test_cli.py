@@ -135,6 +135,11 @@ NON_DEFAULT = {
     "scale_iterations": (["--scales", "256", "--scale-iterations", "40"], 40),
     "dtype": (["--dtype", "bfloat16"], "bfloat16"),
     "conv_algorithm": (["--conv-algorithm", "winograd"], "winograd"),
+    "tile": (["--tile", "256"], 256),
+    "tile_overlap": (["--tile", "256", "--tile-overlap", "32"], 32),
+    "tile_base_size": (["--tile", "256", "--tile-base-size", "384"], 384),
+    "tile_iterations": (["--tile", "256", "--tile-iterations", "20"], 20),
+    "tile_batch": (["--tile", "256", "--tile-batch", "4"], 4),
 }
 
 
@@ -159,7 +164,8 @@ def test_flags_match_settings_fields_exactly():
 NEEDS = {"init_image": "init", "stall_iterations": "blur_on_stall", "stall_threshold": "blur_on_stall",
          "blur_sigma": "blur_on_stall", "scale_iterations": "scales", "mrf_stride": "style_loss",
          "mrf_rotations": "style_loss",
-         "mrf_scales": "style_loss", "style_blur": "style_layers", "style_content_aware": "style_layers"}
+         "mrf_scales": "style_loss", "style_blur": "style_layers", "style_content_aware": "style_layers",
+         "tile_overlap": "tile", "tile_base_size": "tile", "tile_iterations": "tile", "tile_batch": "tile"}
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
