@@ -1,7 +1,8 @@
 """Tiled vs untiled stylization at a size where both fit: the loss of each output and how visible the seams are.
 
 Both runs use the same settings (every ``nst_jax.Settings`` field is a flag); the tiled one adds ``tile`` and
-``tile_overlap``. Each output is then evaluated **untiled**: its loss under the objective of the whole image
+``tile_overlap`` (and the other tiling settings given: ``--tile-iterations``, ``--tile-base-size``, ...).
+Each output is then evaluated **untiled**: its loss under the objective of the whole image
 (:func:`nst_jax.evaluate.image_loss`, the same targets for both), and its seam score at the tiled run's
 boundary lines (:func:`nst_jax.seams.seam_score`: about 1 means no visible seams; the untiled output, which has
 no seams, shows what the picture itself scores there). The tiled output's worst boundary segment is saved as a
@@ -39,11 +40,13 @@ def run(args) -> dict:
     from nst_jax import flags, images, seams, tiling
     from nst_jax.evaluate import image_loss
 
-    s = flags.settings_from_args(args, exclude=("tile", "tile_overlap")).replace(image_size=args.size)
+    # the settings only tiling reads go to the tiled run only (the untiled one refuses them)
+    s = flags.settings_from_args(args, exclude=tiling.TILE_SETTINGS).replace(image_size=args.size)
+    tiled = {name: getattr(args, name) for name in tiling.TILE_SETTINGS if getattr(args, name, None) is not None}
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for name, extra in (("untiled", {}), ("tiled", {"tile": args.tile, "tile_overlap": args.tile_overlap})):
+    for name, extra in (("untiled", {}), ("tiled", tiled)):
         t0 = time.perf_counter()
         result = nst_jax.stylize(args.content, args.style, s, progress=False, **extra)
         seconds = time.perf_counter() - t0
@@ -71,10 +74,11 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     h, w = r["shape_hw"]
     terms = [t for t in ("total", "content", "style", "tv") if t in r["runs"]["untiled"]["loss"]]
+    tiled = ", ".join(f"{k}={v}" for k, v in r["runs"]["tiled"]["settings"].items())
     lines = [f"{r['date']}; {m['cpu_model']} ({m['usable_cores']} cores usable, flags {m['cpu_flags']}), "
              f"jax {m['jax']} on {m['backend']}", "", f"command: `{r['command']}`", "",
-             f"output {w}x{h}, {r['tiles']} tiles; loss evaluated untiled (whole image); seam score at the tiled "
-             "run's overlap centre lines (1: none)", "",
+             f"output {w}x{h}; tiled run: {tiled}, {r['tiles']} tiles; loss evaluated untiled (whole image); "
+             "seam score at the tiled run's overlap centre lines (1: none)", "",
              "| run | " + " | ".join(f"{t} loss" for t in terms) + " | seam score | time (s) |",
              "|---|" + "---|" * (len(terms) + 2)]
     for name, run_ in r["runs"].items():
