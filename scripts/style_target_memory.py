@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark as bm  # noqa: E402
+
+ROOT = bm.ROOT
 MB = 2**20
 
 
@@ -62,17 +64,6 @@ def worker(mode: str, height: int, width: int, tile: int, out: Path) -> dict:
             "halo": tiled_targets.halo(obj.source_layers("style"))}
 
 
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx", "avx2", "avx512f", "fma", "avx512_bf16", "amx_tile")
-                return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    except OSError:
-        pass
-    return "?"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--height", type=int, default=2048)
@@ -103,8 +94,9 @@ def main(argv=None) -> int:
         if all("error" not in r for r in results.values()):
             whole, tiled = np.load(files["whole"]), np.load(files["tiled"])
             worst = max(float(np.abs(whole[k] - tiled[k]).max() / np.abs(whole[k]).max()) for k in whole.files)
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, flags: {cpu_flags()}")
+    m = bm.machine_info()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {m['cpu_model']} ({m['usable_cores']} cores "
+          f"usable, flags {m['cpu_flags']}, {m['memory_gb']} GB), jax {m['jax']} on {m['backend']}")
     print("command: python " + " ".join(["scripts/style_target_memory.py"] + (argv or sys.argv[1:])))
     print(f"style image {args.width}x{args.height}, tile {args.tile}, random weights\n")
     print("| mode | peak RSS (MB) | before targets (MB) | added by the targets (MB) | time (s) |")
