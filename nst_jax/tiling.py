@@ -195,9 +195,10 @@ def refine(content_img: np.ndarray, styles: list[np.ndarray], s: Settings, param
     del base
     objective = Objective.from_settings(s)
     spec = optim.SolverSpec.from_settings(s)
-    devices = list(devices) if devices is not None else jax.local_devices()
     if shared_targets is None:
         shared_targets = style_targets(objective, params, styles, s)
+    params = objective.prepare(params)  # once for all tiles (each batch would otherwise redo it)
+    devices = list(devices) if devices is not None else jax.local_devices()
     weights = objective.weights(s)
     boxes = tile_boxes(h, w, s.tile, s.tile_overlap)
     th, tw = tile_shape(h, w, s.tile)

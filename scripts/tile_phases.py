@@ -5,7 +5,10 @@ Phases: the style targets at the output size (:func:`nst_jax.tiling.style_target
 each batch of tiles (:func:`nst_jax.batch.optimize_batch`); also how many tiles there were and how many times
 the batched step was traced (each trace is one compilation).
 
-    python scripts/tile_phases.py --json phases.json -- stylize content.jpg style.jpg out.png --tile 512 ...
+    python scripts/tile_phases.py --json phases.json -- --content c.jpg --style s.jpg --output o.png --tile 512 ...
+
+``--style-targets-only`` runs the style-targets phase alone, for the command's style image(s) and settings (the
+images prepared as the run would, at ``image_size * style_scale``), and reports it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from nst_jax import api, batch, cli, tiling
+import jax
+
+from nst_jax import api, batch, cli, images, tiling
 
 
 def _status(key: str) -> int:
@@ -38,10 +43,14 @@ def _reset_peak() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the phases here too")
+    parser.add_argument("--style-targets-only", action="store_true",
+                        help="only the style targets of the command's style image(s) and settings")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the nst-jax arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     phases: list[dict] = []
+    if args.style_targets_only:
+        return _style_targets_only(command, args.json)
 
     def probe(name, fn):
         def wrapped(*a, **kw):
@@ -83,6 +92,32 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return rc
+
+
+def _style_targets_only(command: list[str], out: Path | None) -> int:
+    from nst_jax.flags import settings_from_args
+    from nst_jax.objective import Objective
+
+    if command[:1] != ["stylize"]:
+        command = ["stylize", *command]  # the command line's default command
+    ns = cli.build_parser().parse_args(command)
+    s = settings_from_args(ns)
+    content = images.resize_long_side(images.load_image(ns.content), s.image_size)
+    styles = api.prepare_styles(ns.style, s, content)
+    params = api.get_params(s.weights)
+    objective = Objective.from_settings(s)
+    reset = _reset_peak()
+    base = _status("VmRSS")
+    t0 = time.perf_counter()
+    targets = tiling.style_targets(objective, params, styles, s)
+    jax.block_until_ready(targets)
+    summary = {"phase": "style targets", "style_hw": [list(st.shape[:2]) for st in styles],
+               "seconds": round(time.perf_counter() - t0, 2), "rss_before_mb": round(base / 2**20, 1),
+               "peak_rss_mb": round(_status("VmHWM") / 2**20, 1), "peak_reset": reset}
+    print(json.dumps(summary), file=sys.stderr)
+    if out:
+        out.write_text(json.dumps(summary, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
