@@ -636,7 +636,8 @@ def tile_markdown(result: dict) -> str:
     lines.append("")
     for row in result["results"]:
         tile_run = next((r for r in t["runs"] if r["remat"] == row["remat"]), None)
-        untiled = _wxh(row.get("verified_shape_hw") or row["shape_hw"])
+        untiled = (_wxh(row["verified_shape_hw"]) if row.get("verified_shape_hw")
+                   else f"{_wxh(row['shape_hw'])} (XLA's estimate, not verified)")
         tile_mb = None if tile_run is None else tile_run["measured_mb"]
         fits = "-" if tile_mb is None else ("fits" if tile_mb <= row["budget_mb"] else "does not fit")
         lines.append(f"- budget {row['budget_mb']:.0f} MB, remat {'on' if row['remat'] else 'off'}: untiled up to "
