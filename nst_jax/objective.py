@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -316,7 +316,8 @@ def loss(objective: Objective, params, x: jax.Array, targets) -> Terms:
     return objective.loss(params, x, targets)
 
 
-def style_targets(objective: Objective, params, styles: Sequence[jax.Array], blend_weights=None) -> dict:
+def style_targets(objective: Objective, params, styles: Sequence[jax.Array], blend_weights=None, *,
+                  statistics: Callable[[Objective, object, jax.Array], dict] | None = None) -> dict:
     """Blended style targets ``{term name: {layer: target}}`` of Caffe-space style images (any sizes).
 
     Args:
@@ -324,6 +325,9 @@ def style_targets(objective: Objective, params, styles: Sequence[jax.Array], ble
         params: VGG-19 params.
         styles: Caffe-space style images ``(H, W, 3)``.
         blend_weights: one weight per style image (normalized here); default equal.
+        statistics: ``statistics(objective, params, style)``: one style image's statistics before blending;
+            default :func:`style_statistics` (one forward pass; :func:`nst_jax.tiled_targets.style_statistics`
+            computes those of large images tile by tile).
     """
     if not any(t.source == "style" for t in objective.terms):
         return {}
@@ -338,7 +342,8 @@ def style_targets(objective: Objective, params, styles: Sequence[jax.Array], ble
     if total <= 0:
         raise ValueError("style blend weights must not all be 0.")
     b = jnp.asarray([float(w) / total for w in blend_weights])
-    return _blend(objective, [style_statistics(objective, params, s) for s in styles], b)
+    statistics = style_statistics if statistics is None else statistics
+    return _blend(objective, [statistics(objective, params, s) for s in styles], b)
 
 
 def with_weights(objective: Objective, weights: Settings | Mapping[str, Sequence[float]], *parts: dict,

@@ -100,6 +100,12 @@ class Kind:
     views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None
     pairs: bool = False
     context: Callable[[Options], tuple[str, ...]] | None = None
+    position_mean: bool | Callable[[Options], bool] = False
+
+    def is_position_mean(self, options: Options) -> bool:
+        """Whether ``make_target`` of one entry (its options, the entry under :data:`ENTRY_OPTION`) is a mean over
+        the positions of the features of a per-position function of them (see :func:`register`)."""
+        return bool(self.position_mean(options) if callable(self.position_mean) else self.position_mean)
 
 
 _REGISTRY: dict[str, Kind] = {}
@@ -110,7 +116,8 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
              blend: Callable[[Sequence[Any], Sequence, Options], Any] = weighted_mean, *,
              source: str | None = "style",
              views: Callable[[jax.Array, Options], Sequence[jax.Array]] | None = None, pairs: bool = False,
-             context: Callable[[Options], tuple[str, ...]] | None = None) -> Kind:
+             context: Callable[[Options], tuple[str, ...]] | None = None,
+             position_mean: bool | Callable[[Options], bool] = False) -> Kind:
     """Registers (or replaces) a kind of loss term.
 
     Args:
@@ -135,6 +142,11 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         context: ``context(options) -> layers`` that every entry also reads besides its own (e.g. the content
             layer of content-aware Gram matrices); when it names any, the kind receives the tuple of the entry's
             features (one array, or the pair's two) followed by theirs. None: no such layers.
+        position_mean: whether ``make_target`` is a mean over positions: ``mean_p g(F[p])`` for some
+            per-position ``g`` (a pytree of such means; Gram matrices, moments), so that the statistic of an
+            image is the position-count-weighted mean of those of its tiles (:mod:`nst_jax.tiled_targets`
+            computes the targets of large style images so). A bool, or ``position_mean(options) -> bool`` for a
+            kind that is one only with some options (an entry's options, the entry under :data:`ENTRY_OPTION`).
 
     Returns:
         The registered :class:`Kind`.
@@ -145,7 +157,9 @@ def register(kind: str, loss: Callable[[jax.Array, Any, Options], jax.Array],
         raise ValueError(f"kind {kind!r}: a term with a source needs make_target, and one without a source none.")
     if views is not None and source is None:
         raise ValueError(f"kind {kind!r}: views are of the source image; a term without a source has none.")
-    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views, bool(pairs), context)
+    if position_mean and source is None:
+        raise ValueError(f"kind {kind!r}: position_mean describes make_target; a term without a source has none.")
+    _REGISTRY[kind] = Kind(kind, loss, make_target, blend, source, views, bool(pairs), context, position_mean)
     return _REGISTRY[kind]
 
 
@@ -290,6 +304,13 @@ def _gram(features, options):
                              adjacent=options.get("adjacent", False), power=power)
 
 
+def _gram_position_mean(options):
+    # A single layer's (amplified, shifted) F^T F / (C H W); pairs resize the deeper map to the shallower one,
+    # blurs and adjacent offsets read neighbours, content-aware Grams resize the content layer: not per position.
+    return not (layersets.is_pair(options[ENTRY_OPTION]) or options.get("blur") or options.get("adjacent")
+                or options.get("content_aware"))
+
+
 def _gram_context(options):
     return (options["content_aware"],) if options.get("content_aware") else ()
 
@@ -334,8 +355,9 @@ def _mrf_views(image, options):
 
 
 register("mse", _mse, make_target=lambda features, options: features, source="content")
-register("gram", _gram_loss, make_target=_gram, pairs=True, context=_gram_context)
-register("gram_cube", _gram_cube_loss, make_target=_gram_cube)
-register("w2", _w2_loss, make_target=lambda features, options: losses.moments(features), blend=_w2_blend)
+register("gram", _gram_loss, make_target=_gram, pairs=True, context=_gram_context, position_mean=_gram_position_mean)
+register("gram_cube", _gram_cube_loss, make_target=_gram_cube, position_mean=True)
+register("w2", _w2_loss, make_target=lambda features, options: losses.moments(features), blend=_w2_blend,
+         position_mean=True)
 register(mrf.KIND, _mrf_loss, make_target=_mrf_target, blend=concatenate, views=_mrf_views)
 register("tv", _tv, source=None)

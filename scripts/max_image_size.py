@@ -604,6 +604,51 @@ def markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Tiled mode (--tile-stage): no size limit, only time; its tiles' memory, measured
+
+
+def tile_stage(args, result: dict) -> dict:
+    """Measures the peak of one tile of tiled mode: a ``T x T`` stylization (``T = --tile-stage``), run as the
+    verification runs (fresh process, same settings), for each remat setting searched."""
+    remats = sorted({row["remat"] for row in result["results"]})
+    runs = [spawn({"kind": "verify", "size": args.tile_stage, "remat": remat, "aspect": [1, 1],
+                   "iterations": args.verify_iterations, "settings": result["settings"]}) for remat in remats]
+    gpu = result["machine"].get("backend") != "cpu"
+    return {"tile": args.tile_stage, "runs": [{**v, "measured_mb": v.get("device_peak_mb") if gpu else
+                                               v.get("peak_rss_mb")} for v in runs if "error" not in v],
+            "errors": [v["error"] for v in runs if "error" in v]}
+
+
+def tile_markdown(result: dict) -> str:
+    """The report's lines on tiled mode, from :func:`tile_stage`'s measurements ('' without them)."""
+    t = result.get("tile_stage")
+    if not t:
+        return ""
+    tile = t["tile"]
+    lines = ["", f"### Tiled mode (`--tile {tile}`)", "",
+             f"Tiled mode has no size limit, only time: each tile is refined as a {tile} x {tile} stylization. "
+             f"Measured here ({result['memory']}, a fresh process, {tile} x {tile} content and style, "
+             "the settings above):", ""]
+    for r in t["runs"]:
+        lines.append(f"- remat {'on' if r['remat'] else 'off'}: one {tile} x {tile} tile peaks at "
+                     f"{_f(r['measured_mb'])} MB")
+    lines += [f"- not measured: {e}" for e in t["errors"]]
+    lines.append("")
+    for row in result["results"]:
+        tile_run = next((r for r in t["runs"] if r["remat"] == row["remat"]), None)
+        untiled = (_wxh(row["verified_shape_hw"]) if row.get("verified_shape_hw")
+                   else f"{_wxh(row['shape_hw'])} (XLA's estimate, not verified)")
+        tile_mb = None if tile_run is None else tile_run["measured_mb"]
+        fits = "-" if tile_mb is None else ("fits" if tile_mb <= row["budget_mb"] else "does not fit")
+        lines.append(f"- budget {row['budget_mb']:.0f} MB, remat {'on' if row['remat'] else 'off'}: untiled up to "
+                     f"{untiled}; tiled (`--tile {tile}`): any size, its tile ({_f(tile_mb)} MB measured) {fits}")
+    lines += ["", "A tiled run also holds what is full size (the content and output images, the base stage's "
+                  "result, the style targets) and refines as many tiles at once as its batch holds; the figures "
+                  "above are one tile's, a floor for a tiled run, not its total."]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
@@ -629,6 +674,8 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     p.add_argument("--md", type=Path, default=None, help="write the markdown report here too")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tile-stage", type=int, default=None, metavar="T",
+                   help="also measure one T x T tile of tiled mode and report, per budget, whether it fits")
     cli.add_settings_arguments(p)
     # Settings.remat is what is searched: --remat chooses the values (replaces the setting's flag).
     p.add_argument("--remat", dest="remat_modes", choices=["both", "off", "on"], default="both",
@@ -660,7 +707,9 @@ def main(argv=None) -> int:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
     result = run(args)
-    md = markdown(result)
+    if args.tile_stage:
+        result["tile_stage"] = tile_stage(args, result)
+    md = markdown(result) + tile_markdown(result)
     print(md)
     if args.out:
         args.out.write_text(json.dumps(_finite(result), indent=1, default=str) + "\n")

@@ -127,3 +127,31 @@ def test_a_size_whose_run_does_not_fit_steps_down_to_one_that_does(tmp_path, set
     assert row["size"] == 128 and row["fits"] is False and runs == [128, 64]
     assert row["verified_size"] == 64 and row["verified_shape_hw"] == [48, 64] and row["step_down"] == [64]
     assert "| NO | 64 (64 x 48, " in md.read_text()
+
+
+def test_tile_stage_reports_one_tiles_measured_peak_per_budget(tmp_path, settings, monkeypatch):
+    """--tile-stage T runs one T x T stylization (square, the settings searched) and says per budget whether it fits."""
+    budget = (xla(settings, 64)["xla_bytes"] + xla(settings, 128)["xla_bytes"]) / 2 / MB
+    runs = []
+
+    def fake_spawn(cfg):
+        runs.append((cfg["size"], tuple(cfg["aspect"])))
+        square = tuple(cfg["aspect"]) == (1, 1)
+        peak = budget + 50.0 if square else budget - 1.0
+        shape = [cfg["size"]] * 2 if square else list(mis.image_shape(cfg["size"], (4, 3)))
+        return {"size": cfg["size"], "remat": cfg["remat"], "shape_hw": shape, "iterations": cfg["iterations"],
+                "peak_rss_mb": peak, "peak_rss_after_warmup_mb": peak, "run_peak_rss_mb": peak, "warmup_s": 0.0,
+                "run_s": 0.0, "final_loss": 1.0, "backend": "cpu"}
+
+    monkeypatch.setattr(mis, "spawn", fake_spawn)
+    out, md = tmp_path / "max.json", tmp_path / "max.md"
+    assert mis.main(["--budget-mb", f"{budget:.3f}", "--baseline-mb", "0", "--remat", "off", "--step", "64",
+                     "--max-size", "128", "--content-layers", "relu2_1", "--style-layers", "relu1_1", "relu2_1",
+                     "--tile-stage", "96", "--out", str(out), "--md", str(md)]) == 0
+    assert runs == [(64, (4, 3)), (96, (1, 1))]
+    result = json.loads(out.read_text())
+    assert result["tile_stage"]["tile"] == 96 and result["tile_stage"]["runs"][0]["measured_mb"] == budget + 50.0
+    text = md.read_text()
+    assert f"one 96 x 96 tile peaks at {budget + 50:.0f} MB" in text
+    assert f"budget {budget:.0f} MB, remat off: untiled up to 64 x 48; tiled (`--tile 96`): any size, its tile " \
+           f"({budget + 50:.0f} MB measured) does not fit" in text
