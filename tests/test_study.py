@@ -43,7 +43,7 @@ def fake_study(monkeypatch):
 
 
 def test_registry_has_the_studies_in_order():
-    assert study.names()[:2] == ("reconstruction", "texture")
+    assert study.names()[:5] == ("reconstruction", "texture", "stall", "color", "style_tile")
     assert study.resolve("all") == list(study.names())
     assert study.resolve(["texture", "reconstruction", "texture"]) == ["texture", "reconstruction"]
     assert study.STUDIES["reconstruction"].seeds == ("004",)

@@ -237,9 +237,9 @@ class Context:
 
     def curves(self, histories: Mapping[str, Sequence], x: str = "iteration", name: str = "curves",
                title: str = "", log: bool = True, *, relative: bool = False, caption: str = "",
-               ylabel: str = "total loss") -> Figure:
-        """Writes a plot of the total loss of each history (:class:`nst_jax.Record` lists) and returns its
-        :class:`Figure`.
+               term: str = "total") -> Figure:
+        """Writes a plot of the total loss (or one term) of each history (:class:`nst_jax.Record` lists) and
+        returns its :class:`Figure`.
 
         Args:
             histories: label -> history (``result.history``), one line each.
@@ -249,20 +249,23 @@ class Context:
             log: a logarithmic loss axis.
             relative: plot each loss divided by its first value (runs whose losses have other scales).
             caption: the figure's caption.
-            ylabel: the loss axis's label.
+            term: the weighted loss term to plot (``"content"``, ``"style"``, ... as in ``Record.terms``), or
+                ``"total"``.
         """
         if x not in ("iteration", "seconds"):
             raise ValueError(f"x must be 'iteration' or 'seconds', got {x!r}.")
         fig = new_figure((6.4, 4.0))
         ax = fig.add_subplot()
-        for label, history in histories.items():
+        for k, (label, history) in enumerate(histories.items()):
             xs = [r.iteration if x == "iteration" else r.elapsed for r in history]
-            ys = np.array([r.total for r in history], np.float64)
+            ys = np.array([r.total if term == "total" else r.terms.get(term, np.nan) for r in history], np.float64)
             if relative and len(ys) and ys[0] != 0:
                 ys = ys / ys[0]
-            ax.plot(xs, ys, label=label, lw=1.5, marker="." if len(xs) <= 12 else None)
+            # a line style per run besides the colour: runs that coincide stay visible
+            ax.plot(xs, ys, label=label, lw=1.5, ls=("-", "--", ":", "-.")[k % 4],
+                    marker="." if len(xs) <= 12 else None)
         ax.set(xlabel="iteration" if x == "iteration" else "seconds (compilation included)",
-               ylabel=("total / initial total" if relative else ylabel), title=title or None)
+               ylabel=f"{term} loss" + (" / its initial value" if relative else ""), title=title or None)
         if log:
             ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
@@ -377,4 +380,4 @@ def _describe(image) -> str:
 
 
 # The studies register themselves on import (after the registry exists).
-from nst_jax.study import layers  # noqa: E402,F401
+from nst_jax.study import layers, stalls, style_image  # noqa: E402,F401

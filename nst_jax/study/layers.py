@@ -89,11 +89,13 @@ def texture(ctx: Context) -> Section:
     chosen = {k: TEXTURE_SETS[k] for k in ctx.cases(TEXTURE_SETS)}
     all_layers = chosen[list(chosen)[-1]]
     n = ctx.iterations(200)
-    s = ctx.settings(style_layers=all_layers, content_weight=0.0, tv_weight=0.0, init="random", num_iterations=n)
+    # The start: uniform noise in [0, 1] (Gatys et al.'s), given as the canvas with init="content" (the content
+    # term is off). init="random" (neural-style's 0.001 * N(0, 1)) starts where the Gram matrices' gradient all
+    # but vanishes (it is cubic in the activations), and L-BFGS barely moves from there.
+    s = ctx.settings(style_layers=all_layers, content_weight=0.0, tv_weight=0.0, init="content", num_iterations=n)
     per_set = [{"style_layer_weights": tuple(float(k in layers) for k in all_layers)}
                for layers in chosen.values()]
-    # no content term (content_weight 0): a gray square canvas only gives each image its size
-    canvas = np.full((ctx.size, ctx.size, 3), 0.5, np.float32)
+    canvas = np.random.default_rng(ctx.seed).random((ctx.size, ctx.size, 3), dtype=np.float32)
     results = stylizer.stylize_batch([canvas] * len(per_set), ctx.style, s, batch_size=len(per_set),
                                      loss_weights=per_set, progress=ctx.progress)
     style = ctx.style_image()
@@ -108,7 +110,8 @@ def texture(ctx: Context) -> Section:
     numbers["style_texture_scale"] = texture_scale(style)
     sets = numbers["sets"]
     labels = list(chosen)
-    text = (f"Textures synthesized from noise out of the style image's Gram matrices alone (no content), {n} "
+    text = (f"Textures synthesized out of the style image's Gram matrices alone (no content) from uniform noise in "
+            f"[0, 1] (seed {ctx.seed}; neural-style's near-zero noise gives the Gram matrices almost no gradient), {n} "
             f"iterations of L-BFGS at {ctx.size} px, with the layer sets {', '.join(labels)}. The sets share one "
             "objective (all their layers) and differ in per-layer weights (0 or 1), so they ran as one vmapped "
             "batch.\n\n"
