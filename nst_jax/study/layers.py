@@ -48,7 +48,7 @@ def reconstruction(ctx: Context) -> Section:
     """The content image rebuilt from noise out of one layer's activations, for each of
     :data:`RECONSTRUCTION_LAYERS` (no style term, no TV), one vmapped batch."""
     layers = tuple(ctx.cases(RECONSTRUCTION_LAYERS))
-    n = ctx.iterations(150)
+    n = ctx.iterations(120)
     s = ctx.settings(content_layers=layers, style_weight=0.0, tv_weight=0.0, init="random", num_iterations=n)
     one_hot = [{"content_layer_weights": tuple(float(i == j) for j in range(len(layers)))} for i in range(len(layers))]
     results = stylizer.stylize_batch([ctx.content] * len(layers), None, s, batch_size=len(layers),
@@ -90,7 +90,7 @@ def texture(ctx: Context) -> Section:
     sets (:data:`TEXTURE_SETS`), one vmapped batch."""
     chosen = {k: TEXTURE_SETS[k] for k in ctx.cases(TEXTURE_SETS)}
     all_layers = chosen[list(chosen)[-1]]
-    n = ctx.iterations(150)
+    n = ctx.iterations(120)
     # The start: uniform noise in [0, 1] (Gatys et al.'s), given as the canvas with init="content" (the content
     # term is off). init="random" (neural-style's 0.001 * N(0, 1)) starts where the Gram matrices' gradient all
     # but vanishes (it is cubic in the activations), and L-BFGS barely moves from there.

@@ -39,7 +39,7 @@ def color(ctx: Context) -> Section:
     """The style's own colours, the content's chroma kept (``original_colors``), and the style's colours matched
     to the content's before its statistics are taken (``color_transfer`` histogram, stats); the colour-histogram
     distance of each result to the content and to the style."""
-    n = ctx.iterations(120)
+    n = ctx.iterations(100)
     transfers = ctx.cases(("none", *TRANSFERS), quick=2)
     styles = [_prepared_style(ctx, transfer=t) for t in transfers]
     results = _stylize(ctx, styles, n)
@@ -84,7 +84,7 @@ def color(ctx: Context) -> Section:
 def style_tile(ctx: Context) -> Section:
     """Stylizations with the style image tiled 1x1, 2x2 and 3x3 (``style_tile``) before it is resized: the
     texture should come out 2 and 3 times smaller; measured by the mean spatial frequency and gradient."""
-    n = ctx.iterations(120)
+    n = ctx.iterations(100)
     tiles = ctx.cases(TILES, quick=2)
     styles = [_prepared_style(ctx, tile=t) for t in tiles]
     results = _stylize(ctx, styles, n)
