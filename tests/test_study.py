@@ -182,5 +182,8 @@ def test_settled_at_and_trend():
     history = [Record(i, v, v, 0.0, 0.0, 0.0, terms={"content": v}) for i, v in enumerate([50, 20, 11, 10, 9.95])]
     assert settled_at(history) == 3
     assert settled_at(history, within=0.001) == 4
+    # a rise at the end (a blur) does not move it back: the loss never fell below 10 after iteration 2
+    rising = [Record(i, v, v, 0.0, 0.0, 0.0, terms={"content": v}) for i, v in enumerate([50, 20, 10, 100])]
+    assert settled_at(rising) == 2
     assert trend([1, 2, 3]) == "rises at every step" and trend([3, 2, 1]) == "falls at every step"
     assert trend([1, 3, 2, 4]) == "rises at 2 of 3 steps"
