@@ -3,7 +3,8 @@
 ``nst-jax [stylize]`` (one image; the default command), ``nst-jax batch`` (folders, in compiled batches;
 :mod:`nst_jax.batch_cli` adds that subcommand), ``nst-jax sweep`` (a grid of loss weights), ``nst-jax layers``
 (the layers of a loss and their weights), ``nst-jax compare`` (method presets side by side), ``nst-jax info``
-(how an output was made), ``nst-jax reconstruct`` and ``nst-jax texture`` (:mod:`nst_jax.modes`: one layer's
+(how an output was made), ``nst-jax study`` (practitioners' studies as a report folder, :mod:`nst_jax.study`),
+``nst-jax reconstruct`` and ``nst-jax texture`` (:mod:`nst_jax.modes`: one layer's
 reconstruction of a content image, a texture from a style image), ``nst-jax normalize-weights`` (the
 normalized VGG-19, :mod:`nst_jax.normalize`) and ``nst-jax serve`` (a local web page, :mod:`nst_jax.web`,
 imported only by that command: the ``web`` extra).
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nst_jax import (__version__, aliases, api, batch_cli, canvas, compare, images, layersets, modes, normalize,
-                     optim, presets, provenance, sweep, weighting)
+                     optim, presets, provenance, study, sweep, weighting)
 from nst_jax.config import SettingError, Settings
 from nst_jax.flags import (add_settings_arguments, error_message, fail, given_settings, report_created_directory,
                            settings_from_args, show_warning, sigterm_as_interrupt)
@@ -34,8 +35,8 @@ from nst_jax.flags import flag as _flag
 from nst_jax.sweep import SWEEPABLE
 from nst_jax.weights import WeightsError
 
-COMMANDS = ("stylize", "batch", "sweep", "compare", "reconstruct", "texture", "layers", "info", "normalize-weights",
-            "serve")
+COMMANDS = ("stylize", "batch", "sweep", "compare", "reconstruct", "texture", "study", "layers", "info",
+            "normalize-weights", "serve")
 
 STYLIZE_DESCRIPTION = "Stylize one image, or synthesize a texture (no --content, --content-weight 0)."
 EXAMPLES = """\
@@ -257,6 +258,47 @@ def _add_texture_parser(subparsers) -> None:
     add_settings_arguments(parser, exclude={"content_weight", "style_layers"})
 
 
+STUDY_DESCRIPTION = ("Rerun practitioners' studies (reconstruction per layer, textures per layer set, blur on stall, "
+                     "colour, style tiling, ...) at a small size and write a report folder: index.md, a "
+                     "self-contained index.html and study.json with the numbers, labelled picture grids and loss "
+                     "curves (matplotlib: pip install 'nst-jax[report]'). Runs of a study that share a compiled "
+                     "program run as one batch.")
+STUDY_EXAMPLES = f"""\
+examples:
+  nst-jax study all --output-dir report/
+  nst-jax study reconstruction stall --output-dir report/ --weights vgg19.h5
+  nst-jax study all --output-dir report/ --size 256 --iterations-scale 4     # on an accelerator
+  nst-jax study --list
+
+The default --size ({study.DEFAULT_SIZE} px) is chosen for a CPU; the images default to the project's examples/.
+"""
+
+
+def _add_study_parser(subparsers) -> None:
+    parser = subparsers.add_parser("study", help="Practitioners' studies as a report folder.",
+                                   description=STUDY_DESCRIPTION, epilog=STUDY_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=_run_study)
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="Studies to run (see --list), or all.")
+    parser.add_argument("--list", action="store_true", help="List the studies and exit.")
+    parser.add_argument("--output-dir", help="The report folder (only its last level is created).")
+    parser.add_argument("--size", type=int, metavar="PX",
+                        help=f"Long side of the study images in pixels (default: {study.DEFAULT_SIZE}; larger on an "
+                             "accelerator).")
+    parser.add_argument("--iterations-scale", type=float, default=1.0, metavar="X",
+                        help="Multiply every study's iterations by X (default: 1).")
+    parser.add_argument("--weights", help="VGG-19 weights, as for stylize: a .h5/.npz file, 'random', 'normalized', "
+                                          "or unset for the usual lookup.")
+    parser.add_argument("--content", help="Content image (default: examples/tubingen.jpg).")
+    parser.add_argument("--style", help="Style image (default: examples/starry_night.jpg).")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed of the initial images (default: 0).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace existing files there that nst-jax did not write (default: refuse; previous "
+                             "nst-jax outputs are always replaced, inputs never).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+
+
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="Output image path (.png recommended: holds the settings).")
     parser.add_argument("--overwrite", action="store_true",
@@ -295,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_reconstruct_parser(commands)
     _add_texture_parser(commands)
+    _add_study_parser(commands)
     _add_layers_parser(commands)
     _add_info_parser(commands)
     _add_normalize_parser(commands)
@@ -576,6 +619,34 @@ def _run_compare(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int
               + ("" if per_it is None else f", {per_it:.3g} s/iteration")
               + ("" if len(run.batch) == 1 else f", batched with {', '.join(m for m in run.batch if m != run.method)}")
               + ")")
+    return 0
+
+
+def _run_study(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    if ns.list:
+        for entry in study.STUDIES.values():
+            seeds = f" (seed {', '.join(entry.seeds)})" if entry.seeds else ""
+            print(f"{entry.name:16s} {entry.title}{seeds}")
+        return 0
+    if not ns.names:
+        fail(parser, f"name the studies to run: {', '.join(study.names())}, or all (nst-jax study --list).")
+    if not ns.output_dir:
+        fail(parser, "--output-dir is required: the folder the report is written to.")
+    received: list[int] = []
+    try:
+        with sigterm_as_interrupt(received), report_created_directory(Path(ns.output_dir).expanduser()):
+            out = study.run_studies(ns.names, ns.output_dir, size=ns.size, weights=ns.weights,
+                                    iterations_scale=ns.iterations_scale, overwrite=ns.overwrite,
+                                    content=ns.content, style=ns.style, seed=ns.seed, progress=not ns.quiet)
+    except (ValueError, TypeError, ImportError, WeightsError, optim.NonFiniteLossError) as e:
+        fail(parser, error_message(e))
+    except KeyboardInterrupt:
+        parser.exit(128 + int(received[-1] if received else signal.SIGINT),
+                    f"{parser.prog}: interrupted; no report was written.\n")
+    for section in out.sections:
+        print(f"  {section.name}: {section.seconds:.0f} s")
+    print(f"wrote {', '.join(str(p) for p in out.files.values())} ({len(out.sections)} studies, "
+          f"{out.seconds:.0f} s)")
     return 0
 
 

@@ -133,9 +133,10 @@ def is_own_output(path: str | os.PathLike[str]) -> bool:
     ``save_image`` tags every image with its Software name, ``nst_jax <version>``:
     a PNG text chunk, the EXIF Software tag in JPEG, WebP and TIFF; only the
     header is read. A ``.json`` file (e.g. a sweep's losses) is ours if its
-    top-level ``"software"`` holds that name, a ``.md`` file (a comparison's
-    table) if its first line is :func:`text_tag`. A missing, unreadable or untagged
-    file (including every format we cannot tag) is not ours, so it is replaced
+    top-level ``"software"`` holds that name, a ``.md`` or ``.html`` file (a
+    comparison's table, a study's report) if its first line is :func:`text_tag`.
+    A missing, unreadable or untagged file (including every format we cannot
+    tag) is not ours, so it is replaced
     only when the user says so (``check_overwrite``).
     """
     path = Path(path).expanduser()
@@ -145,7 +146,7 @@ def is_own_output(path: str | os.PathLike[str]) -> bool:
         except (OSError, ValueError, AttributeError):
             return False
         return str(software).startswith(METADATA_KEY + " ")
-    if path.suffix.lower() == ".md":
+    if path.suffix.lower() in (".md", ".html"):
         try:
             with open(path, encoding="utf-8") as f:
                 first = f.readline()
