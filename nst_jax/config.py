@@ -529,11 +529,10 @@ def _apply_optimizer_preset(s: Settings) -> None:
     if s.preset is None:
         return
     _set(s, "preset", _choice("preset", s.preset))
+    # Explicit settings win, the optimizer too (--preset adam-no-gray --optimizer lbfgs runs L-BFGS; Adam's
+    # constants are then unused), as with method presets: an output's settings (nst-jax --from) are all explicit,
+    # and a flag given on top of them must be able to change any of them.
     values = optimizer_presets.get(s.preset).values
-    if "optimizer" in s.explicit and s.optimizer != values["optimizer"]:
-        raise SettingError("{preset=} tunes the optimizer {v!r}, but {optimizer=} is given: leave {optimizer} "
-                           "unset or {preset} unset.", "preset", "optimizer", preset=s.preset, v=values["optimizer"],
-                           optimizer=s.optimizer)
     for name, value in values.items():
         if name not in s.explicit:
             _set(s, name, value)
