@@ -95,6 +95,7 @@ def artifacts_study(ctx: Context) -> Section:
                     caption=f"The content image and the four runs ({n} iterations).",
                     notes=[[f"{a}; {c}" for a, c in zip(*notes)]])
     curves = ctx.curves({k: r.history for k, r in runs.items()}, "iteration", "curves", "total loss",
-                        caption="The total loss of each run (the run without TV lacks the TV term).")
+                        caption="The total loss of each run (the run without TV lacks the TV term; reflect padding "
+                                "changes the network's activations, so its targets and losses too).")
     return Section(ctx.title, text, [table], [grid, curves], numbers)
 

@@ -147,7 +147,8 @@ def optimizers(ctx: Context) -> Section:
            yscale="log", title="loss against time")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
-    curves = ctx.save_plot(fig, "curves", "Total loss against steady time; the dotted line is the common budget.")
+    curves = ctx.save_plot(fig, "curves", "Total loss against steady time; the dotted line is the common budget."
+                           + (f" Not drawn (NaN/inf loss): {', '.join(failed)}." if failed else ""))
     labels = list(runs)
     grid = ctx.grid([[r.array for _, _, r in runs.values()]], [""], labels, "grid",
                     caption=f"The results after {n} iterations.",
