@@ -43,7 +43,7 @@ def fake_study(monkeypatch):
 
 
 def test_registry_has_the_studies_in_order():
-    assert study.names()[:2] == ("reconstruction", "texture")
+    assert study.names()[:5] == ("reconstruction", "texture", "stall", "color", "style_tile")
     assert study.resolve("all") == list(study.names())
     assert study.resolve(["texture", "reconstruction", "texture"]) == ["texture", "reconstruction"]
     assert study.STUDIES["reconstruction"].seeds == ("004",)
@@ -172,3 +172,15 @@ def test_quick_reconstruction(tmp_path):
     assert grid.shape[1] > 3 * 128  # content + two layers, shown at 128 px
     text = rep.section("reconstruction").text
     assert f"{numbers['layers']['conv1_1']['pixel_rmse']:.3g}" in text  # the text quotes the measured numbers
+
+
+def test_settled_at_and_trend():
+    from nst_jax.study.layers import trend
+    from nst_jax.study.stalls import settled_at
+
+    # falls to 10, then within 1% of the final 9.95 from iteration 3 on (10 <= 9.95 * 1.01)
+    history = [Record(i, v, v, 0.0, 0.0, 0.0, terms={"content": v}) for i, v in enumerate([50, 20, 11, 10, 9.95])]
+    assert settled_at(history) == 3
+    assert settled_at(history, within=0.001) == 4
+    assert trend([1, 2, 3]) == "rises at every step" and trend([3, 2, 1]) == "falls at every step"
+    assert trend([1, 3, 2, 4]) == "rises at 2 of 3 steps"

@@ -237,32 +237,40 @@ class Context:
 
     def curves(self, histories: Mapping[str, Sequence], x: str = "iteration", name: str = "curves",
                title: str = "", log: bool = True, *, relative: bool = False, caption: str = "",
-               ylabel: str = "total loss") -> Figure:
-        """Writes a plot of the total loss of each history (:class:`nst_jax.Record` lists) and returns its
-        :class:`Figure`.
+               term: str = "total", ylabel: str | None = None) -> Figure:
+        """Writes a plot of the total loss (or one term) of each history (:class:`nst_jax.Record` lists) and
+        returns its :class:`Figure`.
 
         Args:
             histories: label -> history (``result.history``), one line each.
-            x: ``"iteration"`` or ``"seconds"`` (since the start of its run, compilation included).
+            x: ``"iteration"`` or ``"seconds"`` (wall time from the end of the run's first iteration, which
+                includes the compilation).
             name: the file's name within the study (``<study>-<name>.png``).
             title: the plot's title.
             log: a logarithmic loss axis.
             relative: plot each loss divided by its first value (runs whose losses have other scales).
             caption: the figure's caption.
-            ylabel: the loss axis's label.
+            term: the weighted loss term to plot (``"content"``, ``"style"``, ... as in ``Record.terms``), or
+                ``"total"``.
+            ylabel: the loss axis's label (default: the term, and "/ its initial value" with ``relative``).
         """
         if x not in ("iteration", "seconds"):
             raise ValueError(f"x must be 'iteration' or 'seconds', got {x!r}.")
         fig = new_figure((6.4, 4.0))
         ax = fig.add_subplot()
-        for label, history in histories.items():
-            xs = [r.iteration if x == "iteration" else r.elapsed for r in history]
-            ys = np.array([r.total for r in history], np.float64)
+        for k, (label, history) in enumerate(histories.items()):
+            if x == "seconds":  # from the end of the first iteration: compilation left out
+                history = [r for r in history if r.iteration > 0]
+            start = history[0].elapsed if history else 0.0
+            xs = [r.iteration if x == "iteration" else r.elapsed - start for r in history]
+            ys = np.array([r.total if term == "total" else r.terms.get(term, np.nan) for r in history], np.float64)
             if relative and len(ys) and ys[0] != 0:
                 ys = ys / ys[0]
-            ax.plot(xs, ys, label=label, lw=1.5, marker="." if len(xs) <= 12 else None)
-        ax.set(xlabel="iteration" if x == "iteration" else "seconds (compilation included)",
-               ylabel=("total / initial total" if relative else ylabel), title=title or None)
+            # a line style per run besides the colour: runs that coincide stay visible
+            ax.plot(xs, ys, label=label, lw=1.5, ls=("-", "--", ":", "-.")[k % 4],
+                    marker="." if len(xs) <= 12 else None)
+        ax.set(xlabel="iteration" if x == "iteration" else "seconds after the first iteration",
+               ylabel=ylabel or f"{term} loss" + (" / its initial value" if relative else ""), title=title or None)
         if log:
             ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
@@ -354,7 +362,7 @@ def run_studies(requested: str | Sequence[str], output_dir: str | os.PathLike, *
     paths = report.check_outputs(directory, ctx.inputs(), overwrite)
     from nst_jax import api
 
-    meta = {"command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "date": provenance.now(),
+    meta = {"command": command or _command_line(), "date": provenance.now(),
             "machine": report.machine(), "weights": api.weights_used(weights), "size": size,
             "iterations_scale": float(iterations_scale), "quick": quick, "seed": seed,
             "content": _describe(content), "style": _describe(style), "requested": chosen}
@@ -372,10 +380,18 @@ def run_studies(requested: str | Sequence[str], output_dir: str | os.PathLike, *
     return out
 
 
+def _command_line() -> str:
+    """This process's command line, as typed: ``nst-jax ...`` for the command (also ``python -m nst_jax``)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("nst-jax", "__main__.py"):
+        program = "nst-jax"
+    return shlex.join([program, *sys.argv[1:]])
+
+
 def _describe(image) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f"array {np.shape(image)}"
 
 
 # The studies register themselves on import (after the registry exists).
-from nst_jax.study import layers  # noqa: E402,F401
+from nst_jax.study import layers, stalls, style_image  # noqa: E402,F401
 from nst_jax.study import artifacts, optimizers  # noqa: E402,F401

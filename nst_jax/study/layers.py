@@ -30,7 +30,9 @@ def random_weights_note(ctx: Context) -> str:
             "network keeps, not what the trained one does; rerun with real weights for the practitioners' picture.")
 
 
-def _trend(values: list[float]) -> str:
+def trend(values: list[float]) -> str:
+    """How a sequence of numbers moves, in words: "rises at every step", "falls at every step", or "rises at k
+    of n steps"."""
     ups = sum(b > a for a, b in zip(values, values[1:]))
     steps = len(values) - 1
     if ups == steps:
@@ -46,7 +48,7 @@ def reconstruction(ctx: Context) -> Section:
     """The content image rebuilt from noise out of one layer's activations, for each of
     :data:`RECONSTRUCTION_LAYERS` (no style term, no TV), one vmapped batch."""
     layers = tuple(ctx.cases(RECONSTRUCTION_LAYERS))
-    n = ctx.iterations(200)
+    n = ctx.iterations(120)
     s = ctx.settings(content_layers=layers, style_weight=0.0, tv_weight=0.0, init="random", num_iterations=n)
     one_hot = [{"content_layer_weights": tuple(float(i == j) for j in range(len(layers)))} for i in range(len(layers))]
     results = stylizer.stylize_batch([ctx.content] * len(layers), None, s, batch_size=len(layers),
@@ -69,7 +71,7 @@ def reconstruction(ctx: Context) -> Section:
             "so they ran as one vmapped batch.\n\n"
             f"The loss fell to {rel[0]:.3g} of its start at `{layers[0]}` and {rel[-1]:.3g} at `{layers[-1]}`. "
             f"The pixel RMSE to the content image is {errors[0]:.3g} at `{layers[0]}` and {errors[-1]:.3g} at "
-            f"`{layers[-1]}`; with depth it {_trend(errors)}. The mean luminance gradient of the reconstructions "
+            f"`{layers[-1]}`; with depth it {trend(errors)}. The mean luminance gradient of the reconstructions "
             f"runs from {per[layers[0]]['mean_gradient']:.3g} to {per[layers[-1]]['mean_gradient']:.3g} (the "
             f"content's: {numbers['content_mean_gradient']:.3g})." + random_weights_note(ctx))
     grid = ctx.grid([[content, *(r.array for r in results)]], [""], ["content", *layers], "grid",
@@ -88,12 +90,14 @@ def texture(ctx: Context) -> Section:
     sets (:data:`TEXTURE_SETS`), one vmapped batch."""
     chosen = {k: TEXTURE_SETS[k] for k in ctx.cases(TEXTURE_SETS)}
     all_layers = chosen[list(chosen)[-1]]
-    n = ctx.iterations(200)
-    s = ctx.settings(style_layers=all_layers, content_weight=0.0, tv_weight=0.0, init="random", num_iterations=n)
+    n = ctx.iterations(120)
+    # The start: uniform noise in [0, 1] (Gatys et al.'s), given as the canvas with init="content" (the content
+    # term is off). init="random" (neural-style's 0.001 * N(0, 1)) starts where the Gram matrices' gradient all
+    # but vanishes (it is cubic in the activations), and L-BFGS barely moves from there.
+    s = ctx.settings(style_layers=all_layers, content_weight=0.0, tv_weight=0.0, init="content", num_iterations=n)
     per_set = [{"style_layer_weights": tuple(float(k in layers) for k in all_layers)}
                for layers in chosen.values()]
-    # no content term (content_weight 0): a gray square canvas only gives each image its size
-    canvas = np.full((ctx.size, ctx.size, 3), 0.5, np.float32)
+    canvas = np.random.default_rng(ctx.seed).random((ctx.size, ctx.size, 3), dtype=np.float32)
     results = stylizer.stylize_batch([canvas] * len(per_set), ctx.style, s, batch_size=len(per_set),
                                      loss_weights=per_set, progress=ctx.progress)
     style = ctx.style_image()
@@ -108,14 +112,15 @@ def texture(ctx: Context) -> Section:
     numbers["style_texture_scale"] = texture_scale(style)
     sets = numbers["sets"]
     labels = list(chosen)
-    text = (f"Textures synthesized from noise out of the style image's Gram matrices alone (no content), {n} "
+    text = (f"Textures synthesized out of the style image's Gram matrices alone (no content) from uniform noise in "
+            f"[0, 1] (seed {ctx.seed}; neural-style's near-zero noise gives the Gram matrices almost no gradient), {n} "
             f"iterations of L-BFGS at {ctx.size} px, with the layer sets {', '.join(labels)}. The sets share one "
             "objective (all their layers) and differ in per-layer weights (0 or 1), so they ran as one vmapped "
             "batch.\n\n"
             f"The mean spatial frequency of the texture is {sets[labels[0]]['texture_scale']:.3g} cycles/pixel with "
             f"{labels[0]} alone and {sets[labels[-1]]['texture_scale']:.3g} with the layers {labels[-1]} (the "
             f"style image, at its own size: {numbers['style_texture_scale']:.3g}); across the sets it "
-            f"{_trend([sets[k]['texture_scale'] for k in labels])}. The loss fell to "
+            f"{trend([sets[k]['texture_scale'] for k in labels])}. The loss fell to "
             f"{sets[labels[0]]['relative']:.3g} of its start with {labels[0]} and {sets[labels[-1]]['relative']:.3g} "
             f"with {labels[-1]}." + random_weights_note(ctx))
     grid = ctx.grid([[r.array for r in results]], [""], labels, "grid",
