@@ -94,24 +94,28 @@ def label_components(mask) -> tuple[np.ndarray, np.ndarray]:
     if m.ndim != 2:
         raise ValueError(f"mask must be a 2-D boolean array, got shape {m.shape}.")
     h, w = m.shape
-    big = h * w
-    # Each pixel of the mask starts with its own flat index and takes the smallest label among its neighbours
-    # in the mask, then jumps to its label's label (labels are indices of pixels of the same component), until
-    # nothing changes: every pixel ends with the smallest index of its component.
-    lab = np.where(m, np.arange(big).reshape(h, w), big)
+    # Union-find over the mask's edges, vectorized: every round links each root that an edge joins to another
+    # root to the smallest such root, then compresses every path, until no edge joins two roots. A parent is
+    # never larger than its child, so each component's root is its first pixel in row-major order.
+    flat = m.ravel()
+    index = np.arange(h * w).reshape(h, w)
+    right = (m[:, :-1] & m[:, 1:]).ravel()
+    down = (m[:-1] & m[1:]).ravel()
+    a = np.concatenate([index[:, :-1].ravel()[right], index[:-1].ravel()[down]])
+    b = np.concatenate([index[:, 1:].ravel()[right], index[1:].ravel()[down]])
+    parent = np.arange(h * w)
     while True:
-        new = lab.copy()
-        new[1:] = np.minimum(new[1:], np.where(m[1:] & m[:-1], lab[:-1], big))
-        new[:-1] = np.minimum(new[:-1], np.where(m[:-1] & m[1:], lab[1:], big))
-        new[:, 1:] = np.minimum(new[:, 1:], np.where(m[:, 1:] & m[:, :-1], lab[:, :-1], big))
-        new[:, :-1] = np.minimum(new[:, :-1], np.where(m[:, :-1] & m[:, 1:], lab[:, 1:], big))
-        flat = new.ravel()
-        inside = flat < big
-        flat[inside] = flat[flat[inside]]
-        if np.array_equal(new, lab):
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        ra, rb = parent[a], parent[b]
+        apart = ra != rb
+        if not apart.any():
             break
-        lab = new
-    _, labels, sizes = np.unique(lab[m], return_inverse=True, return_counts=True)
+        np.minimum.at(parent, np.maximum(ra[apart], rb[apart]), np.minimum(ra[apart], rb[apart]))
+    _, labels, sizes = np.unique(parent[flat], return_inverse=True, return_counts=True)
     out = np.full((h, w), -1, np.int64)
     out[m] = labels
     return out, sizes
