@@ -44,6 +44,14 @@ def _measure(image, period: int, width: int) -> dict:
             "grid_energy": artifacts.grid_energy(image, period), "high_frequency": artifacts.high_frequency(image)}
 
 
+def _change(new: float, old: float) -> str:
+    """How ``new`` compares with ``old`` in words: within 2% counts as the same."""
+    rel = new / old - 1 if old else 0.0
+    if abs(rel) < 0.02:
+        return f"leaves it about the same ({rel:+.1%})"
+    return f"{'lowers' if rel < 0 else 'raises'} it by {abs(rel):.0%}"
+
+
 @study("artifacts", title="Artifacts and their remedies: border lines, gray spots, grid patterns", seeds=("001",))
 def artifacts_study(ctx: Context) -> Section:
     """Zero vs reflect padding, Adam vs adam-no-gray, TV weight 0 vs the default, from one noise start."""
@@ -78,8 +86,7 @@ def artifacts_study(ctx: Context) -> Section:
             f"**Border lines.** The border energy (mean gradient in the outer {width} px over the interior's) is "
             f"{b['border_energy']:.3g} with zero padding and {r_['border_energy']:.3g} with reflect padding "
             f"(the content image's: {m['content']['border_energy']:.3g}): reflect padding "
-            + ("lowers" if r_["border_energy"] < b["border_energy"] else "does not lower")
-            + " it here.\n\n"
+            + _change(r_["border_energy"], b["border_energy"]) + " here.\n\n"
             f"**Gray spots.** Gray blobs (at least 4 px of low saturation around the ImageNet mean's value): "
             f"{b['gray_spots']} with Adam's usual constants, {g['gray_spots']} with `--preset adam-no-gray` "
             f"(the content image has {m['content']['gray_spots']}). The final losses: {b['final_loss']:.4g} and "
