@@ -12,7 +12,9 @@ command line, its flag).
 
 ``method`` names a preset (:mod:`nst_jax.presets`): the fields it sets take
 its values unless they are given explicitly, so ``Settings(method="chain",
-pooling="max")`` keeps max pooling. A ``Settings`` remembers which fields were
+pooling="max")`` keeps max pooling. ``preset`` names an optimizer preset
+(:mod:`nst_jax.optimizer_presets`, e.g. ``adam-no-gray``) and follows the same
+rule. A ``Settings`` remembers which fields were
 given (:attr:`Settings.explicit`); :meth:`Settings.replace` keeps those and
 takes the others from the (new) method or the defaults.
 
@@ -34,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from nst_jax import layersets, losses, presets, terms, weighting
+from nst_jax import layersets, losses, optimizer_presets, presets, terms, weighting
 
 #: Smallest allowed ``image_size``: VGG-19 pools four times before relu5_1.
 MIN_IMAGE_SIZE = 32
@@ -105,7 +107,9 @@ class Settings:
         "'all-to-content' (every conv layer paired with relu4_2, §3.4), mixed freely.")
     content_weight: float = _opt(5.0, "Weight of the content loss.")
     style_weight: float = _opt(100.0, "Weight of the style loss.")
-    tv_weight: float = _opt(1e-3, "Weight of the total-variation regularizer (0 disables it).")
+    tv_weight: float = _opt(1e-3, "Weight of the total-variation regularizer (0 disables it). It smooths away "
+                                  "grid-like dot patterns and high-frequency noise: raise it just enough to hide "
+                                  "them, as more blurs the result (README: Artifacts and how to avoid them).")
     content_layer_weights: tuple[float, ...] | None = _opt(None, "Per content layer weights; default all 1.")
     style_layer_weights: tuple[float, ...] | None = _opt(None, "Per style layer weights; default all 1.")
     layer_weighting: LayerWeighting = _opt(
@@ -159,7 +163,9 @@ class Settings:
                                      "cached; see nst-jax normalize-weights), or unset for $NST_JAX_WEIGHTS, then "
                                      "the cache, then download.")
     pooling: Literal["max", "avg"] = _opt("max", "Pooling of VGG-19.")
-    padding: Literal["zero", "reflect"] = _opt("zero", "Padding of VGG-19's convolutions.")
+    padding: Literal["zero", "reflect"] = _opt(
+        "zero", "Padding of VGG-19's convolutions: 'zero' (neural-style's) or 'reflect'; 'reflect' avoids the "
+                "lines along the image's borders that zero padding can leave, most visible at small sizes.")
     precision: Precision | None = _opt(None, "Matmul/conv precision (default/high/highest); unset = backend default.")
     remat: bool = _opt(False, "Recompute VGG activations in the backward pass to fit larger images.")
     conv_algorithm: Literal["auto", "direct", "winograd"] = _opt(
@@ -176,11 +182,18 @@ class Settings:
     scales: tuple[int, ...] = _opt(
         (), "Coarse-to-fine: long sides (increasing, each < image_size) to stylize at first, scale_iterations "
             "each; every stage starts from the previous result upsampled, the last stage is image_size with "
-            "num_iterations. Empty: one scale, as neural-style.")
+            "num_iterations. Large images get their composition from the coarse stages, and square "
+            "(convolutional) and border artifacts fade. Empty: one scale, as neural-style.")
     scale_iterations: int | None = _opt(None, "Iterations at each of `scales` (default: num_iterations).")
+    preset: str | None = _opt(
+        None, "Optimizer preset: one of " + ", ".join(optimizer_presets.NAMES) + "; 'adam-no-gray' is Adam with "
+              "beta1 0.99 and epsilon 0.1, against the gray spots and haze of Adam's usual constants. Settings "
+              "given explicitly override it; it combines with any method. Unset: no preset.",
+        choices=optimizer_presets.NAMES)
     optimizer: Optimizer = _opt("lbfgs", "Optimizer.")
     learning_rate: float | None = _opt(None, "Step size; default 1 for L-BFGS, 10 for Adam (neural-style's).")
-    beta1: float = _opt(0.9, "Adam beta1 (0.99 with epsilon 0.1 removes Adam's gray spots).")
+    beta1: float = _opt(0.9, "Adam beta1 (0.99 with epsilon 0.1, --preset adam-no-gray, avoids Adam's gray "
+                             "spots).")
     beta2: float = _opt(0.999, "Adam beta2.")
     epsilon: float = _opt(1e-8, "Adam epsilon.")
     lbfgs_history: int = _opt(100, "L-BFGS history size (neural-style's -lbfgs_num_correction).")
@@ -384,6 +397,7 @@ _CHOICES = {
     "layer_weighting": weighting.WEIGHTINGS,
     "color_transfer": ("none", "histogram", "stats"),
     "method": (None, *presets.NAMES),
+    "preset": (None, *optimizer_presets.NAMES),
 }
 
 #: Each field's default (settings that are only used with another one must keep it otherwise).
@@ -505,7 +519,9 @@ def _numbers(name, values, lo: float, hi: float, what: str) -> tuple[float, ...]
 
 
 def _apply_method(s: Settings) -> None:
-    """Sets the fields of ``s.method``'s preset that were not given explicitly to the preset's values."""
+    """Sets the fields of ``s.preset``'s optimizer preset and of ``s.method``'s preset that were not given
+    explicitly to the presets' values (the two set different fields)."""
+    _apply_optimizer_preset(s)
     if s.method is None:
         return
     _set(s, "method", _choice("method", s.method))
@@ -523,6 +539,19 @@ def _apply_method(s: Settings) -> None:
         raise SettingError("{method=} needs the style loss {kind!r}, which is not registered (registered: "
                            "{registered}): register it with nst_jax.terms.register, or choose another {method}.",
                            "method", method=s.method, kind=kind, registered=", ".join(terms.kinds("style")))
+
+
+def _apply_optimizer_preset(s: Settings) -> None:
+    if s.preset is None:
+        return
+    _set(s, "preset", _choice("preset", s.preset))
+    # Explicit settings win, the optimizer too (--preset adam-no-gray --optimizer lbfgs runs L-BFGS; Adam's
+    # constants are then unused), as with method presets: an output's settings (nst-jax --from) are all explicit,
+    # and a flag given on top of them must be able to change any of them.
+    values = optimizer_presets.get(s.preset).values
+    for name, value in values.items():
+        if name not in s.explicit:
+            _set(s, name, value)
 
 
 def _validate(s: Settings) -> None:

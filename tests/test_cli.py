@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nst_jax import cli, images, presets
+from nst_jax import cli, images, optimizer_presets, presets
 from nst_jax.config import Settings
 
 ROOT = Path(__file__).parents[1]
@@ -80,6 +80,7 @@ def test_help_shows_every_meaningful_default(capsys):
 # One non-default value per setting: the flags that set it and the value it must get.
 NON_DEFAULT = {
     "method": (["--method", "classic"], "classic"),
+    "preset": (["--preset", "adam-no-gray"], "adam-no-gray"),
     "image_size": (["--image-size", "100"], 100),
     "style_scale": (["--style-scale", "0.5"], 0.5),
     "style_blend_weights": (["--style-blend-weights", "3", "7"], (3.0, 7.0)),
@@ -175,6 +176,8 @@ def test_each_flag_sets_its_field(name):
     assert getattr(s, name) == expected != getattr(Settings(), name)
     changed = [f.name for f in dataclasses.fields(Settings) if getattr(s, f.name) != getattr(Settings(), f.name)]
     preset = set(presets.get(expected).values) if name == "method" else set()  # a method sets its preset's fields
+    if name == "preset":  # so does an optimizer preset
+        preset = set(optimizer_presets.get(expected).values)
     assert {name, NEEDS.get(name, name)} <= set(changed) <= {name, NEEDS.get(name, name)} | preset
 
 

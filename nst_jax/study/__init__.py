@@ -394,3 +394,4 @@ def _describe(image) -> str:
 
 # The studies register themselves on import (after the registry exists).
 from nst_jax.study import layers, stalls, style_image  # noqa: E402,F401
+from nst_jax.study import artifacts, optimizers  # noqa: E402,F401
