@@ -29,13 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import api, batch, canvas, images, optim, pipeline, provenance, stall, vgg
+from nst_jax import api, batch, canvas, images, optim, pipeline, provenance, stall, tiled_targets, vgg
 from nst_jax import objective as objective_mod
 from nst_jax.config import SettingError, Settings, tile_base
 from nst_jax.objective import Objective
 
 __all__ = ["Blender", "blend", "base_settings", "refine", "style_targets", "stylize_tiled", "tile_boxes",
            "tile_shape"]
+
+#: A style image of more pixels than this many tiles has its targets computed tile by tile
+#: (:func:`style_targets`); one forward pass over four tiles' pixels takes less memory than a batch of tiles' steps.
+STYLE_PASS_TILES = 4
 
 #: The settings only tiling reads; the base stage runs untiled, with these at their defaults.
 TILE_SETTINGS = ("tile", "tile_overlap", "tile_base_size", "tile_iterations", "tile_batch")
@@ -142,11 +146,16 @@ def style_targets(objective: Objective, params, styles: Sequence[np.ndarray], s:
     """The style targets shared by every tile: those the untiled run at the output size takes of ``styles``
     (prepared, :func:`nst_jax.api.prepare_styles`, at ``image_size * style_scale``), blended.
 
-    The one place tiled mode makes them, so that another way of computing the same statistics (e.g. tile by
-    tile, for style images too large for one pass) can replace it.
+    A style image of more than :data:`STYLE_PASS_TILES` tiles' pixels has its statistics computed tile by tile
+    (:func:`nst_jax.tiled_targets.style_targets`: exact for statistics that are means over positions, with a
+    fraction of one pass's memory), so that a large output's style targets need no more memory than its tiles;
+    objectives with other statistics (e.g. ``mrf``) take the whole image in one pass.
     """
-    return objective_mod.style_targets(objective, params, [vgg.preprocess(jnp.asarray(st)) for st in styles],
-                                       s.style_blend_weights)
+    prepared = [vgg.preprocess(jnp.asarray(st)) for st in styles]
+    if tiled_targets.unsupported(objective):
+        return objective_mod.style_targets(objective, params, prepared, s.style_blend_weights)
+    return tiled_targets.style_targets(objective, params, prepared, s.style_blend_weights,
+                                       max_pixels=STYLE_PASS_TILES * s.tile ** 2, tile=s.tile)
 
 
 def base_settings(s: Settings) -> Settings:

@@ -142,3 +142,26 @@ def test_batch_job_tiles_each_image(tmp_path):
         alone = nst_jax.stylize(prepared, STYLE, **KW)
         written = images.load_image(out / f"{name}.png")
         assert np.abs(written - images.to_uint8(alone.array) / 255.0).max() <= 1e-6
+
+
+def test_large_style_images_get_their_targets_tile_by_tile(monkeypatch):
+    s = Settings(weights="random", style_layers=("relu1_1", "relu2_1"), conv_algorithm="direct", tile=32, tile_overlap=8,
+                 image_size=64)
+    obj = objective.Objective.from_settings(s)
+    params = api.get_params("random")
+    rng = np.random.default_rng(5)
+    style = rng.uniform(0, 1, (80, 96, 3)).astype(np.float32)  # 7680 px > 4 tiles of 32 x 32
+    calls = []
+    tiled = tiling.tiled_targets.tiled_statistics
+    monkeypatch.setattr(tiling.tiled_targets, "tiled_statistics", lambda *a, **k: calls.append(1) or tiled(*a, **k))
+    got = tiling.style_targets(obj, params, [style], s)
+    assert calls  # went tile by tile
+    whole = objective.style_targets(obj, params, [vgg.preprocess(style)])
+    for layer in s.style_layers:
+        ref = np.asarray(whole["style"][layer])
+        np.testing.assert_allclose(np.asarray(got["style"][layer]), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # an objective whose statistics are not means over positions takes the whole image in one pass
+    calls.clear()
+    mrf = objective.Objective.from_settings(s.replace(style_loss="mrf"))
+    tiling.style_targets(mrf, params, [style], s)
+    assert not calls
