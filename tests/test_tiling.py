@@ -145,8 +145,8 @@ def test_batch_job_tiles_each_image(tmp_path):
 
 
 def test_large_style_images_get_their_targets_tile_by_tile(monkeypatch):
-    s = Settings(weights="random", style_layers=("relu1_1", "relu2_1"), conv_algorithm="direct", tile=32, tile_overlap=8,
-                 image_size=64)
+    s = Settings(weights="random", style_layers=("relu1_1", "relu2_1"), conv_algorithm="direct", tile=32,
+                 tile_overlap=8, image_size=64)
     obj = objective.Objective.from_settings(s)
     params = api.get_params("random")
     rng = np.random.default_rng(5)
