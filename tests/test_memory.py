@@ -3,11 +3,18 @@ the plain computation's values (float64 numpy) and against XLA's accounting of t
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from nst_jax import losses, vgg
+from nst_jax import hostmem, losses, vgg
 
 
 def _temp_bytes(fn, *args) -> int:
@@ -67,3 +74,34 @@ def test_self_gram_backward_needs_no_activation_sized_temporary():
     ours = _temp_bytes(jax.grad(lambda a: jnp.sum((losses.self_gram(a) - target) ** 2)), f)
     plain = _temp_bytes(jax.grad(lambda a: jnp.sum((jnp.matmul(a.T, a) - target) ** 2)), f)
     assert ours < 0.25 * f.nbytes <= plain, (ours, plain, f.nbytes)
+
+
+_HEAP_CHECK = """
+import ctypes
+import numpy as np
+from nst_jax import hostmem
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+did = hostmem.compact()
+big = np.ones(16 * 2**20 // 8)
+del big  # glibc raises its mmap threshold to 16 MiB here, unless it was fixed
+mapped = libc.mallinfo2().hblks
+block = np.ones(2**20 // 8)  # 1 MiB: mapped (returned to the system when freed) only below the threshold
+print(did, libc.mallinfo2().hblks - mapped)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator only")
+@pytest.mark.parametrize("setting, expected", [("1", "True 1"), ("0", "False 0")])
+def test_compact_maps_activation_sized_blocks(setting, expected):
+    # In a fresh process (mallopt is process-wide): with compact(), a 1 MiB block is mapped even after a large
+    # block was freed; without it (NST_JAX_MALLOC_COMPACT=0, glibc's dynamic threshold) it comes from the heap.
+    env = {**os.environ, "NST_JAX_MALLOC_COMPACT": setting, "PYTHONPATH": str(Path(hostmem.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", _HEAP_CHECK], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split("\n")[-2] == expected, out.stdout
