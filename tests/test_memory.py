@@ -105,3 +105,66 @@ def test_compact_maps_activation_sized_blocks(setting, expected):
     env = {**os.environ, "NST_JAX_MALLOC_COMPACT": setting, "PYTHONPATH": str(Path(hostmem.__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", _HEAP_CHECK], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split("\n")[-2] == expected, out.stdout
+
+
+def _two_loop(pairs, g):
+    """neural-style's L-BFGS direction (float64) from the stored pairs, oldest first."""
+    q, al = g.copy(), []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (y @ s)
+        al.append(a)
+        q -= a * y
+    s, y = pairs[-1]
+    r = q * (y @ s) / (y @ y)
+    for (s, y), a in zip(pairs, reversed(al)):
+        r += (a - (y @ r) / (y @ s)) * s
+    return r
+
+
+def test_bfloat16_history_direction_against_float64():
+    import ml_dtypes
+
+    from nst_jax import optim
+
+    rng = np.random.default_rng(0)
+    n = 64
+    m = rng.standard_normal((n, n))
+    hess, b = m @ m.T / n + np.eye(n), rng.standard_normal(n)
+    tx = optim.scale_by_lbfgs_neural_style(3, "bfloat16")
+    x = rng.standard_normal(n).astype(np.float32)
+    state = tx.init(jnp.asarray(x))
+    assert state.s_memory.dtype == state.y_memory.dtype == jnp.bfloat16
+    assert state.rho_memory.dtype == jnp.float32
+    pairs, prev = [], None
+    for k in range(6):
+        g = (hess @ x - b).astype(np.float32)
+        d, state = tx.update(jnp.asarray(g), state, jnp.asarray(x))
+        g64 = g.astype(np.float64)
+        if prev is None:
+            expected = min(1.0, 1.0 / np.abs(g64).sum()) * g64
+        else:
+            # each pair rounded to bfloat16 once, when stored; the last 3 kept
+            rounded = [np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+                       for v in (x - prev[0], g - prev[1])]
+            pairs = (pairs + [tuple(rounded)])[-3:]
+            expected = _two_loop(pairs, g64)
+        np.testing.assert_allclose(d, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=f"update {k}")
+        prev = (x, g)
+        x = (x - 0.5 * np.asarray(d)).astype(np.float32)
+
+
+def test_bfloat16_history_halves_the_state():
+    from nst_jax import Settings, optim
+    from nst_jax.objective import Objective
+
+    s = Settings(image_size=32, lbfgs_history=7)
+    x = jax.ShapeDtypeStruct((24, 32, 3), jnp.float32)
+
+    def history_bytes(dtype):
+        spec = optim.SolverSpec.from_settings(s.replace(lbfgs_history_dtype=dtype))
+        state = jax.eval_shape(optim.scale_by_lbfgs_neural_style(spec.history, spec.history_dtype).init, x)
+        assert Objective.from_settings(s) is not None
+        return sum(v.size * v.dtype.itemsize for v in (state.s_memory, state.y_memory))
+
+    assert history_bytes("float32") == 2 * 7 * 24 * 32 * 3 * 4
+    assert history_bytes("bfloat16") == 2 * 7 * 24 * 32 * 3 * 2
