@@ -159,8 +159,8 @@ def prepare_params(params, conv_algorithm: str = "direct", layers: Iterable[str]
     With ``conv_algorithm="winograd"``: the Winograd kernel transforms of the layers that use them
     (:func:`nst_jax.conv.winograd_kernels`, under ``WINOGRAD_KEY``), so that an evaluation only transforms the
     activations (computed inside every evaluation they cost more than Winograd saves; figures in
-    BENCHMARKS.md). The transforms take 3.6x the memory of their kernels (176 MB for conv3_2 .. conv5_1);
-    ``layers``: the (canonical) layers that will
+    BENCHMARKS.md). The transforms take 16/9 the memory of their kernels (88 MB for conv3_2 .. conv5_1: the
+    forward transform only, the input gradient reads it permuted). ``layers``: the (canonical) layers that will
     be asked for, so that only the convolutions up to the deepest of them are prepared (default: all).
     The result is a valid params pytree for :func:`apply`; prepared params are returned as they are, and
     so are the params for ``"direct"``.
