@@ -185,10 +185,10 @@ class Settings:
     epsilon: float = _opt(1e-8, "Adam epsilon.")
     lbfgs_history: int = _opt(100, "L-BFGS history size (neural-style's -lbfgs_num_correction).")
     lbfgs_history_dtype: Literal["float32", "bfloat16"] = _opt(
-        "float32", "Storage of the L-BFGS history pairs (neural-style L-BFGS: lbfgs_linesearch 'none' or "
-                   "'backtracking'): 'bfloat16' halves the largest buffers of the optimizer state (2 x history "
-                   "image-sized arrays); the pairs are rounded once when stored, the products stay float32. "
-                   "Quality cost in BENCHMARKS.md.")
+        "bfloat16", "Storage of the L-BFGS history pairs (neural-style L-BFGS: lbfgs_linesearch 'none' or "
+                    "'backtracking'): 'bfloat16' halves the largest buffers of the optimizer state (2 x history "
+                    "image-sized arrays; the pairs are rounded once when stored, the products stay float32); "
+                    "'float32' stores them as torch.optim.LBFGS does. Quality cost in BENCHMARKS.md.")
     lbfgs_linesearch: LineSearch = _opt(
         "none", "L-BFGS variant: 'none' = neural-style's (no line search, unit steps); 'zoom' or "
                 "'backtracking' = optax line searches; 'jaxopt' = jaxopt.LBFGS (zoom).")

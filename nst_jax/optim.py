@@ -291,8 +291,10 @@ def scale_by_zoom_linesearch_first_trial(max_linesearch_steps: int, slope_rtol: 
 def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
     if spec.optimizer == "adam":
         return optax.adam(spec.learning_rate, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
+    # "float32": the pairs in the image's own dtype, as torch keeps them (float64 for a float64 image)
+    history_dtype = None if spec.history_dtype == "float32" else spec.history_dtype
     if spec.linesearch == "none":
-        return optax.chain(scale_by_lbfgs_neural_style(spec.history, spec.history_dtype),
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history, history_dtype),
                            optax.scale(-spec.learning_rate))
     if spec.linesearch == "zoom":
         # optax.lbfgs (direction, scaling), with the line search set up as jaxopt.LBFGS's (see _jaxopt_solver):
@@ -313,7 +315,7 @@ def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
         #   search starts again at the quasi-Newton step 1 (increase_factor=inf, as documented by optax).
         ls = optax.scale_by_backtracking_linesearch(max_backtracking_steps=30, decrease_factor=0.5,
                                                     increase_factor=math.inf, store_grad=True)
-        return optax.chain(scale_by_lbfgs_neural_style(spec.history, spec.history_dtype),
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history, history_dtype),
                            optax.scale(-spec.learning_rate), ls)
     raise ValueError(f"unknown L-BFGS line search {spec.linesearch!r}.")
 
