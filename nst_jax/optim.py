@@ -146,7 +146,8 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100,
 
     Memory: the two ring buffers of ``memory_size`` pairs are written in one slot per update and only
     read otherwise, so a jitted step with donated state updates them in place (no copy of the history).
-    With ``history_dtype="bfloat16"`` they are stored in bfloat16 (half the bytes; None: the params' dtype).
+    With ``history_dtype="bfloat16"`` they are stored in bfloat16, as its bit patterns (``uint16``: half the
+    bytes; None: the params' dtype).
     Each pair is rounded once, when it is stored, and every quantity of the pair (``y.s``, ``y.y``, the
     recursion's products) is computed in float32 from the rounded pair, so that the stored pairs are an exact
     curvature history of their own and the recursion's dot products and updates are float32 as before.
@@ -155,9 +156,24 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100,
     batch that has converged) the state is returned unchanged, without a full-buffer select.
     """
 
+    # bfloat16 pairs are kept as their bit patterns (uint16): XLA:CPU otherwise widens the whole bfloat16
+    # buffers to float32 around their in-place updates and the loops that read them (a float32 copy of the
+    # history in every step, measured with compiled.memory_analysis()).
+    stored_dtype = jnp.uint16 if history_dtype == "bfloat16" else history_dtype
+
+    def store(v, mem):  # a new pair's array -> its stored form
+        if history_dtype == "bfloat16":
+            return jax.lax.bitcast_convert_type(v.astype(jnp.bfloat16), jnp.uint16)
+        return v.astype(mem.dtype)
+
+    def load(m, like):  # a stored array -> the dtype of ``like``
+        if history_dtype == "bfloat16":
+            m = jax.lax.bitcast_convert_type(m, jnp.bfloat16)
+        return m.astype(like.dtype)
+
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        mem = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), history_dtype or p.dtype), params)
+        mem = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), stored_dtype or p.dtype), params)
         dtype = jax.tree.leaves(params)[0].dtype
         return NeuralStyleLBFGSState(
             count=jnp.zeros((), jnp.int32), params=zeros, grads=zeros, s_memory=mem,
@@ -173,12 +189,12 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100,
         s = jax.tree.map(jnp.subtract, params, state.params)
         y = jax.tree.map(jnp.subtract, grads, state.grads)
         if history_dtype is not None:  # the pair as it will be stored (a no-op for the params' own dtype)
-            s, y = (jax.tree.map(lambda v, m: v.astype(m.dtype).astype(v.dtype), t, state.s_memory) for t in (s, y))
+            s, y = (jax.tree.map(lambda v, m: load(store(v, m), v), t, state.s_memory) for t in (s, y))
         ys = _vdot(y, s)
         learn = (state.count > 0) & (ys > _CURVATURE_EPS) & ~frozen
         slot = jnp.where(learn, (state.newest + 1) % memory_size, state.newest)
         # One dynamic-update-slice per buffer, of either the new pair or the slot's own content.
-        put = lambda mem, v: mem.at[slot].set(jnp.where(learn, v.astype(mem.dtype), mem[slot]))  # noqa: E731
+        put = lambda mem, v: mem.at[slot].set(jnp.where(learn, store(v, mem), mem[slot]))  # noqa: E731
         s_mem = jax.tree.map(put, state.s_memory, s)
         y_mem = jax.tree.map(put, state.y_memory, y)
         rho_mem = put(state.rho_memory, 1.0 / ys)
@@ -191,16 +207,16 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100,
         def newest_first(k, carry):
             q, al, s_m, y_m = carry
             i = (slot - k) % memory_size
-            a = _vdot(jax.tree.map(lambda m, u: m[i].astype(u.dtype), s_m, q), q) * rho_mem[i]
-            q = jax.tree.map(lambda u, m: u + (-a) * m[i].astype(u.dtype), q, y_m)
+            a = _vdot(jax.tree.map(lambda m, u: load(m[i], u), s_m, q), q) * rho_mem[i]
+            q = jax.tree.map(lambda u, m: u + (-a) * load(m[i], u), q, y_m)
             return q, al.at[k].set(a), s_m, y_m
 
         def oldest_first(j, carry):
             r, al, s_m, y_m = carry
             k = stored - 1 - j
             i = (slot - k) % memory_size
-            be = _vdot(jax.tree.map(lambda m, u: m[i].astype(u.dtype), y_m, r), r) * rho_mem[i]
-            r = jax.tree.map(lambda u, m: u + (al[k] - be) * m[i].astype(u.dtype), r, s_m)
+            be = _vdot(jax.tree.map(lambda m, u: load(m[i], u), y_m, r), r) * rho_mem[i]
+            r = jax.tree.map(lambda u, m: u + (al[k] - be) * load(m[i], u), r, s_m)
             return r, al, s_m, y_m
 
         al0 = jnp.zeros((memory_size,), rho_mem.dtype)
