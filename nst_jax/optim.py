@@ -161,8 +161,8 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100,
     # history in every step, measured with compiled.memory_analysis()).
     stored_dtype = jnp.uint16 if history_dtype == "bfloat16" else history_dtype
 
-    def store(v, mem):  # a new pair's array -> its stored form
-        if history_dtype == "bfloat16":
+    def store(v, mem):  # a new pair's array -> its stored form (rho_memory stays in its own dtype)
+        if history_dtype == "bfloat16" and mem.dtype == jnp.uint16:
             return jax.lax.bitcast_convert_type(v.astype(jnp.bfloat16), jnp.uint16)
         return v.astype(mem.dtype)
 
