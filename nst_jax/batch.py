@@ -393,7 +393,8 @@ def estimate_image_bytes(shape_hw: tuple[int, int], objective: Objective, spec: 
     layer the loss reads (each convolution's output and its ReLU, each pooling), times ~3 for the
     backward pass (the saved forward activations plus the gradients flowing back); the optimizer
     state, for L-BFGS its history ``2 * m * H * W * 3 * 4`` bytes (``m`` pairs of image-sized
-    vectors), for Adam two moments; and a few image-sized buffers (x, gradient, targets, copies).
+    vectors; half that with ``lbfgs_history_dtype="bfloat16"``), for Adam two moments; and a few
+    image-sized buffers (x, gradient, targets, copies).
     """
     h, w = shape_hw
     deepest = max((vgg.layer_index(l) for l in objective.layers), default=-1)  # -1: no layer (TV alone)
@@ -405,10 +406,11 @@ def estimate_image_bytes(shape_hw: tuple[int, int], objective: Objective, spec: 
         floats += max(1, h // scale) * max(1, w // scale) * channels[block]
     image = h * w * 3
     if spec.optimizer == "lbfgs":
-        opt = 2 * spec.history * image
+        bf16 = spec.history_dtype == "bfloat16" and spec.linesearch in ("none", "backtracking")
+        opt = 2 * spec.history * image * (2 if bf16 else 4)
     else:
-        opt = 2 * image
-    return 4 * (3 * floats + opt + 8 * image)
+        opt = 2 * image * 4
+    return 4 * (3 * floats + 8 * image) + opt
 
 
 def free_memory_bytes(device=None) -> tuple[int, str]:

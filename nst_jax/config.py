@@ -197,6 +197,11 @@ class Settings:
     beta2: float = _opt(0.999, "Adam beta2.")
     epsilon: float = _opt(1e-8, "Adam epsilon.")
     lbfgs_history: int = _opt(100, "L-BFGS history size (neural-style's -lbfgs_num_correction).")
+    lbfgs_history_dtype: Literal["float32", "bfloat16"] = _opt(
+        "bfloat16", "Storage of the L-BFGS history pairs (neural-style L-BFGS: lbfgs_linesearch 'none' or "
+                    "'backtracking'): 'bfloat16' halves the largest buffers of the optimizer state (2 x history "
+                    "image-sized arrays; the pairs are rounded once when stored, the products stay float32); "
+                    "'float32' stores them as torch.optim.LBFGS does. Quality cost in BENCHMARKS.md.")
     lbfgs_linesearch: LineSearch = _opt(
         "none", "L-BFGS variant: 'none' = neural-style's (no line search, unit steps); 'zoom' or "
                 "'backtracking' = optax line searches; 'jaxopt' = jaxopt.LBFGS (zoom).")
@@ -387,6 +392,7 @@ def _set(s, name, value):
 _CHOICES = {
     "optimizer": ("lbfgs", "adam"),
     "lbfgs_linesearch": ("none", "zoom", "backtracking", "jaxopt"),
+    "lbfgs_history_dtype": ("float32", "bfloat16"),
     "init": ("random", "content", "style", "image"),
     "loop": ("auto", "step", "chunk"),
     "pooling": ("max", "avg"),
@@ -726,6 +732,13 @@ def _validate_combinations(s: Settings) -> None:
                            "leave {lbfgs_linesearch} unset or use {optimizer='lbfgs'}.",
                            "lbfgs_linesearch", "optimizer", lbfgs_linesearch=s.lbfgs_linesearch,
                            optimizer=s.optimizer)
+    if s.lbfgs_history_dtype != _DEFAULTS["lbfgs_history_dtype"] and (
+            s.optimizer != "lbfgs" or s.lbfgs_linesearch not in ("none", "backtracking")):
+        raise SettingError("{lbfgs_history_dtype=} is only used by neural-style's L-BFGS ({optimizer='lbfgs'} with "
+                           "{lbfgs_linesearch='none'} or 'backtracking'), got {optimizer=}, {lbfgs_linesearch=}: "
+                           "leave {lbfgs_history_dtype} unset or use that optimizer.", "lbfgs_history_dtype",
+                           "optimizer", "lbfgs_linesearch", lbfgs_history_dtype=s.lbfgs_history_dtype,
+                           optimizer=s.optimizer, lbfgs_linesearch=s.lbfgs_linesearch)
     for name in ("stall_iterations", "stall_threshold", "blur_sigma"):
         if not s.blur_on_stall and getattr(s, name) != _DEFAULTS[name]:
             raise SettingError("{0} is only used with {blur_on_stall}: add {blur_on_stall} or leave {0} unset.",

@@ -68,21 +68,31 @@ def winograd_kernel(kernel: jax.Array) -> jax.Array:
 
 
 class WinogradKernels(NamedTuple):
-    """A layer's kernel transforms, computed once per set of weights (:func:`winograd_kernels`) instead of
-    in every evaluation: for the forward pass and for the input gradient (flipped, transposed kernel)."""
+    """A layer's kernel transform, computed once per set of weights (:func:`winograd_kernels`) instead of in
+    every evaluation. The input gradient's (of the flipped, transposed kernel) is not stored: it is the same
+    numbers, permuted (see :func:`_winograd_valid`)."""
 
     forward: jax.Array  # (16, C_in, C_out)
-    input_grad: jax.Array  # (16, C_out, C_in)
 
 
 def winograd_kernels(kernel: jax.Array) -> WinogradKernels:
     """:class:`WinogradKernels` of an HWIO kernel."""
-    return WinogradKernels(winograd_kernel(kernel), winograd_kernel(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)))
+    return WinogradKernels(winograd_kernel(kernel))
 
 
-def _winograd_valid(xp: jax.Array, u: jax.Array, precision) -> jax.Array:
+# The flipped kernel's transform from the kernel's: G reverse(g) = P (G g) with P swapping rows 0 and 3 of the
+# 4x4 transform (G's rows 1 and 2 are symmetric, rows 0 and 3 each other's mirror), so
+# winograd_kernel(flip(g)) = P U P^T, i.e. U's 16 entries in the order _FLIP (an involution).
+_FLIP = tuple(4 * p + q for p in (3, 1, 2, 0) for q in (3, 1, 2, 0))
+
+
+def _winograd_valid(xp: jax.Array, u: jax.Array, precision, flipped: bool = False) -> jax.Array:
     """"Valid" 3x3 convolution of ``xp`` ``(N, H+2, W+2, C_in)`` by F(2x2, 3x3) with the transformed kernel
-    ``u`` ``(16, C_in, C_out)`` -> ``(N, H, W, C_out)``."""
+    ``u`` ``(16, C_in, C_out)`` -> ``(N, H, W, C_out)``. With ``flipped``: the convolution by the flipped,
+    transposed kernel (the input gradient's) of the kernel whose transform ``u`` is (``(16, C_out, C_in)``
+    then): the products use ``u`` transposed and its 16 entries permuted (``_FLIP``), which is done by
+    ordering the input tiles' transforms and reading the products in that order, so no permuted or
+    transposed copy of ``u`` is made."""
     n, hp, wp, c = xp.shape
     h, w = hp - 2, wp - 2
     th, tw = -(-h // 2), -(-w // 2)  # output tiles; odd sizes are padded by one and cropped
@@ -94,10 +104,19 @@ def _winograd_valid(xp: jax.Array, u: jax.Array, precision) -> jax.Array:
     for r in range(4):
         t = [rows[j][r] for j in range(4)]
         v += [t[0] - t[2], t[1] + t[2], t[2] - t[1], t[1] - t[3]]
-    v = jnp.stack(v).reshape(16, n * th * tw, c)
-    m = jnp.matmul(v, u.astype(xp.dtype), precision=precision).reshape(4, 4, n, th, tw, -1)
+    order = _FLIP if flipped else range(16)
+    v = jnp.stack([v[k] for k in order]).reshape(16, n * th * tw, c)
+    u = u.astype(xp.dtype)
+    if flipped:  # v[k] @ u[k]^T, contracting over u's last axis (C_in of the forward kernel)
+        m = jax.lax.dot_general(v, u, (((2,), (2,)), ((0,), (0,))), precision=precision)
+    else:
+        m = jnp.matmul(v, u, precision=precision)
+    m = m.reshape(16, n, th, tw, -1)
+    m = [m[k] for k in order]  # _FLIP is its own inverse: entry k of the product is at position _FLIP[k]
+    m = [m[4 * a:4 * a + 4] for a in range(4)]
     # Output transform A^T m A, A^T = [[1,1,1,0],[0,1,-1,-1]].
-    s0, s1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+    s0 = [x + y + z for x, y, z in zip(m[0], m[1], m[2], strict=True)]
+    s1 = [x - y - z for x, y, z in zip(m[1], m[2], m[3], strict=True)]
     y = jnp.stack([jnp.stack([s[0] + s[1] + s[2], s[1] - s[2] - s[3]], axis=3) for s in (s0, s1)], axis=2)
     return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w, :]
 
@@ -113,7 +132,7 @@ def _winograd_fwd(xp, kernel, transforms, precision):
 
 def _winograd_bwd(precision, res, dy):
     xp, kernel, transforms = res
-    dxp = _winograd_valid(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))), transforms.input_grad, precision)
+    dxp = _winograd_valid(jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0))), transforms.forward, precision, flipped=True)
     _, vjp_kernel = jax.vjp(lambda k: conv3x3_valid(xp, k, precision), kernel)
     # The transforms are functions of the kernel: its whole gradient is returned for the kernel itself.
     return dxp, vjp_kernel(dy)[0], jax.tree.map(jnp.zeros_like, transforms)

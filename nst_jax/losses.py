@@ -24,6 +24,7 @@ objective (targets, weights, blending) is :mod:`nst_jax.terms`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -98,6 +99,8 @@ def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precisio
     # C H W exactly (an integer) for a layer with itself, as neural-style-pt divides.
     norm = h * w * ka if ka == kb else h * w * math.sqrt(ka * kb)
     f = a.reshape(h * w, ka)
+    if not adjacent and b is a:
+        return self_gram(f, precision, out) / norm
     if not adjacent:
         return jnp.matmul(f.T, b.reshape(h * w, kb), precision=precision, preferred_element_type=out) / norm
     padded = jnp.pad(b, ((1, 1), (1, 1), (0, 0)))
@@ -105,6 +108,28 @@ def cross_gram(shallow: jax.Array, deep: jax.Array, shift: float = 0.0, precisio
                                   precision=precision, preferred_element_type=out) for dx in (-1, 0, 1)], axis=-1)
             for dy in (-1, 0, 1)]
     return jnp.stack(rows, axis=-2) / norm
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def self_gram(f: jax.Array, precision=None, out=jnp.float32) -> jax.Array:
+    """``f^T f`` of a ``(M, K)`` matrix (unnormalized), accumulated and returned in ``out``.
+
+    Its gradient is one matrix product, ``f (g + g^T)``, where differentiating ``f^T f`` as a product of two
+    factors gives two (``f g^T + f g``), each as large as the layer's activations: at the shallow layers of a
+    large image those are the largest temporaries of the backward pass.
+    """
+    return jnp.matmul(f.T, f, precision=precision, preferred_element_type=out)
+
+
+def _self_gram_fwd(f, precision, out):
+    return self_gram(f, precision, out), f
+
+
+def _self_gram_bwd(precision, out, f, g):
+    return (jnp.matmul(f, (g + g.T).astype(out), precision=precision, preferred_element_type=out).astype(f.dtype),)
+
+
+self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
 
 
 def _shifted(features: jax.Array, shift: float) -> jax.Array:

@@ -77,6 +77,7 @@ class SolverSpec:
     epsilon: float = 1e-8
     history: int = 100
     linesearch: str = "none"
+    history_dtype: str = "float32"
     tolerance_grad: float = 0.0
     tolerance_change: float = 0.0
 
@@ -84,6 +85,7 @@ class SolverSpec:
     def from_settings(cls, s: Settings) -> "SolverSpec":
         return cls(optimizer=s.optimizer, learning_rate=s.step_size, beta1=s.beta1, beta2=s.beta2,
                    epsilon=s.epsilon, history=s.lbfgs_history, linesearch=s.lbfgs_linesearch,
+                   history_dtype=s.lbfgs_history_dtype,
                    tolerance_grad=s.tolerance_grad, tolerance_change=s.tolerance_change)
 
 
@@ -130,7 +132,8 @@ def _vdot(a, b):
     return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransformationExtraArgs:
+def scale_by_lbfgs_neural_style(memory_size: int = 100,
+                                history_dtype: str | None = None) -> optax.GradientTransformationExtraArgs:
     """L-BFGS direction of ``torch.optim.LBFGS`` without line search (chain with ``optax.scale(-lr)``).
 
     The algorithm of torch/optim/lbfgs.py, step for step (checked against ``torch.optim.LBFGS`` in
@@ -143,14 +146,34 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
 
     Memory: the two ring buffers of ``memory_size`` pairs are written in one slot per update and only
     read otherwise, so a jitted step with donated state updates them in place (no copy of the history).
+    With ``history_dtype="bfloat16"`` they are stored in bfloat16, as its bit patterns (``uint16``: half the
+    bytes; None: the params' dtype).
+    Each pair is rounded once, when it is stored, and every quantity of the pair (``y.s``, ``y.y``, the
+    recursion's products) is computed in float32 from the rounded pair, so that the stored pairs are an exact
+    curvature history of their own and the recursion's dot products and updates are float32 as before.
 
     ``update(grads, state, params, frozen=None)``: with ``frozen`` true (a traced bool, e.g. an image of a
     batch that has converged) the state is returned unchanged, without a full-buffer select.
     """
 
+    # bfloat16 pairs are kept as their bit patterns (uint16): XLA:CPU otherwise widens the whole bfloat16
+    # buffers to float32 around their in-place updates and the loops that read them (a float32 copy of the
+    # history in every step, measured with compiled.memory_analysis()).
+    stored_dtype = jnp.uint16 if history_dtype == "bfloat16" else history_dtype
+
+    def store(v, mem):  # a new pair's array -> its stored form (rho_memory stays in its own dtype)
+        if history_dtype == "bfloat16" and mem.dtype == jnp.uint16:
+            return jax.lax.bitcast_convert_type(v.astype(jnp.bfloat16), jnp.uint16)
+        return v.astype(mem.dtype)
+
+    def load(m, like):  # a stored array -> the dtype of ``like``
+        if history_dtype == "bfloat16":
+            m = jax.lax.bitcast_convert_type(m, jnp.bfloat16)
+        return m.astype(like.dtype)
+
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        mem = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), p.dtype), params)
+        mem = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), stored_dtype or p.dtype), params)
         dtype = jax.tree.leaves(params)[0].dtype
         return NeuralStyleLBFGSState(
             count=jnp.zeros((), jnp.int32), params=zeros, grads=zeros, s_memory=mem,
@@ -165,11 +188,13 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
         frozen = jnp.zeros((), bool) if frozen is None else jnp.asarray(frozen)
         s = jax.tree.map(jnp.subtract, params, state.params)
         y = jax.tree.map(jnp.subtract, grads, state.grads)
+        if history_dtype is not None:  # the pair as it will be stored (a no-op for the params' own dtype)
+            s, y = (jax.tree.map(lambda v, m: load(store(v, m), v), t, state.s_memory) for t in (s, y))
         ys = _vdot(y, s)
         learn = (state.count > 0) & (ys > _CURVATURE_EPS) & ~frozen
         slot = jnp.where(learn, (state.newest + 1) % memory_size, state.newest)
         # One dynamic-update-slice per buffer, of either the new pair or the slot's own content.
-        put = lambda mem, v: mem.at[slot].set(jnp.where(learn, v, mem[slot]))  # noqa: E731
+        put = lambda mem, v: mem.at[slot].set(jnp.where(learn, store(v, mem), mem[slot]))  # noqa: E731
         s_mem = jax.tree.map(put, state.s_memory, s)
         y_mem = jax.tree.map(put, state.y_memory, y)
         rho_mem = put(state.rho_memory, 1.0 / ys)
@@ -182,16 +207,16 @@ def scale_by_lbfgs_neural_style(memory_size: int = 100) -> optax.GradientTransfo
         def newest_first(k, carry):
             q, al, s_m, y_m = carry
             i = (slot - k) % memory_size
-            a = _vdot(jax.tree.map(lambda m: m[i], s_m), q) * rho_mem[i]
-            q = jax.tree.map(lambda u, m: u + (-a) * m[i], q, y_m)
+            a = _vdot(jax.tree.map(lambda m, u: load(m[i], u), s_m, q), q) * rho_mem[i]
+            q = jax.tree.map(lambda u, m: u + (-a) * load(m[i], u), q, y_m)
             return q, al.at[k].set(a), s_m, y_m
 
         def oldest_first(j, carry):
             r, al, s_m, y_m = carry
             k = stored - 1 - j
             i = (slot - k) % memory_size
-            be = _vdot(jax.tree.map(lambda m: m[i], y_m), r) * rho_mem[i]
-            r = jax.tree.map(lambda u, m: u + (al[k] - be) * m[i], r, s_m)
+            be = _vdot(jax.tree.map(lambda m, u: load(m[i], u), y_m, r), r) * rho_mem[i]
+            r = jax.tree.map(lambda u, m: u + (al[k] - be) * load(m[i], u), r, s_m)
             return r, al, s_m, y_m
 
         al0 = jnp.zeros((memory_size,), rho_mem.dtype)
@@ -282,8 +307,11 @@ def scale_by_zoom_linesearch_first_trial(max_linesearch_steps: int, slope_rtol: 
 def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
     if spec.optimizer == "adam":
         return optax.adam(spec.learning_rate, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
+    # "float32": the pairs in the image's own dtype, as torch keeps them (float64 for a float64 image)
+    history_dtype = None if spec.history_dtype == "float32" else spec.history_dtype
     if spec.linesearch == "none":
-        return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate))
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history, history_dtype),
+                           optax.scale(-spec.learning_rate))
     if spec.linesearch == "zoom":
         # optax.lbfgs (direction, scaling), with the line search set up as jaxopt.LBFGS's (see _jaxopt_solver):
         # try the quasi-Newton step 1 first and never go beyond it. optax's default zoom may extrapolate past
@@ -303,7 +331,8 @@ def _transformation(spec: SolverSpec) -> optax.GradientTransformation:
         #   search starts again at the quasi-Newton step 1 (increase_factor=inf, as documented by optax).
         ls = optax.scale_by_backtracking_linesearch(max_backtracking_steps=30, decrease_factor=0.5,
                                                     increase_factor=math.inf, store_grad=True)
-        return optax.chain(scale_by_lbfgs_neural_style(spec.history), optax.scale(-spec.learning_rate), ls)
+        return optax.chain(scale_by_lbfgs_neural_style(spec.history, history_dtype),
+                           optax.scale(-spec.learning_rate), ls)
     raise ValueError(f"unknown L-BFGS line search {spec.linesearch!r}.")
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import canvas, images, optim, vgg
+from nst_jax import canvas, hostmem, images, optim, vgg
 from nst_jax.config import Settings, stages
 
 __all__ = ["Stage", "StageInputs", "Stop", "add_record", "coarse_to_fine", "finish_image", "initial_image",
@@ -198,8 +198,10 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
     """
     t_start = time.perf_counter()
     x, offset, state = None, 0, None
+    hostmem.compact()  # what loading the params freed; and blocks above 128 KiB mapped from now on
     for stage in plan:
         inputs = prepare(stage)
+        hostmem.compact()  # the targets' temporaries, before the optimizer state is allocated
         x0 = inputs.start() if x is None else resize(x, inputs.shape)
         t_stage = time.perf_counter()
 
@@ -207,7 +209,8 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
             on_stop(Stop(stage, st, offset, t_stage - t_start + elapsed))
 
         try:
-            state = optim.run(stepper(stage, inputs.targets, offset), x0, stage.iterations, chunk_size=chunk_size,
+            state = optim.run(_compacting(stepper(stage, inputs.targets, offset)), x0, stage.iterations,
+                              chunk_size=chunk_size,
                               stops=optim.checkpoints(stage.iterations, print_every, save_every if stage.last else 0),
                               on_stop=look if on_stop is not None else None, raise_nonfinite=raise_nonfinite,
                               on_advance=None if on_advance is None else functools.partial(on_advance, stage))
@@ -219,3 +222,13 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
         offset = offset + (int(its) if its.ndim == 0 else its.astype(np.int64))
         x = state.x
     return state, offset
+
+
+def _compacting(stepper: optim.Stepper) -> optim.Stepper:
+    """``stepper`` with the allocator's free memory returned after its initial evaluation (see :mod:`hostmem`)."""
+    def init(x0):
+        state = jax.block_until_ready(stepper.init(x0))
+        hostmem.compact()
+        return state
+
+    return stepper._replace(init=init)

@@ -159,8 +159,8 @@ def prepare_params(params, conv_algorithm: str = "direct", layers: Iterable[str]
     With ``conv_algorithm="winograd"``: the Winograd kernel transforms of the layers that use them
     (:func:`nst_jax.conv.winograd_kernels`, under ``WINOGRAD_KEY``), so that an evaluation only transforms the
     activations (computed inside every evaluation they cost more than Winograd saves; figures in
-    BENCHMARKS.md). The transforms take 3.6x the memory of their kernels (176 MB for conv3_2 .. conv5_1);
-    ``layers``: the (canonical) layers that will
+    BENCHMARKS.md). The transforms take 16/9 the memory of their kernels (88 MB for conv3_2 .. conv5_1: the
+    forward transform only, the input gradient reads it permuted). ``layers``: the (canonical) layers that will
     be asked for, so that only the convolutions up to the deepest of them are prepared (default: all).
     The result is a valid params pytree for :func:`apply`; prepared params are returned as they are, and
     so are the params for ``"direct"``.
@@ -274,7 +274,7 @@ def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted, 
             feats[f"conv{block}_{i}"] = x
         if pos + 1 > stop:
             return x, feats
-        x = jax.nn.relu(x)
+        x = relu(x)
         if f"relu{block}_{i}" in wanted:
             feats[f"relu{block}_{i}"] = x
         pos += 2
@@ -284,6 +284,26 @@ def _run_block(x, block_w, *, block, padding, pooling, precision, stop, wanted, 
     if f"pool{block}" in wanted:
         feats[f"pool{block}"] = x
     return x, feats
+
+
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+    """``max(x, 0)`` whose derivative is taken from its output: ``grad * (y > 0)``.
+
+    The same values and gradients as ``jax.nn.relu`` (``y > 0`` exactly where ``x > 0``; the derivative at 0
+    is 0), but the backward pass needs only the output, which it keeps anyway (it is the next pool's, the
+    Gram matrix's or the content loss's input). ``jax.nn.relu`` takes the mask from its input, so every
+    convolution's output would be kept for the backward pass as well: about a third more memory. This is what
+    PyTorch's autograd saves for ``relu`` (its result).
+    """
+    return jnp.maximum(x, 0)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = relu(x)
+    return y, jnp.where(y > 0, dx, jnp.zeros_like(dx))
 
 
 def pool2x2(x: jax.Array, pooling: Pooling = "max") -> jax.Array:

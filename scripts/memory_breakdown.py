@@ -13,8 +13,9 @@ history of 100 pairs, no line search), nst_jax's components:
 * L-BFGS history: the two ring buffers of the optimizer state of :func:`nst_jax.optim.init` (``history`` pairs
   of image-sized arrays each), and the rest of the step's state (the image, its gradient, the previous image
   and gradient, the loss terms, ...);
-* activations: an estimate of what the backward pass keeps, the sum of VGG-19's layer outputs (each
-  convolution, ReLU and pooling) up to the deepest layer the loss reads, from ``jax.eval_shape``;
+* activations: an estimate of what the backward pass keeps, one tensor per convolution (its ReLU's output,
+  which is also the next pooling's and the Gram matrix's input; :func:`nst_jax.vgg.relu` takes its derivative
+  from it) up to the deepest layer the loss reads, from ``jax.eval_shape``;
 * the compiled step (the very program ``stylize`` runs each iteration on CPU: ``optim.step`` jitted with the
   state donated): XLA's own accounting from ``compiled.memory_analysis()`` (arguments, outputs, temporaries,
   aliased, generated code, and ``arguments + outputs + temporaries - aliased``), and the same for the
@@ -30,6 +31,10 @@ per size with the same random weights and images: the RSS after importing torch,
 the tensors autograd saves for the backward pass (measured with ``torch.autograd.graph.saved_tensors_hooks``),
 the L-BFGS state after the 3 iterations (torch grows its history one pair per iteration, so it holds 2-3
 pairs; the full history's bytes, ``history`` times a pair, are given too), and the process's peak RSS.
+
+``--torch-iterations N`` also runs PyTorch for ``N`` iterations (at ``--torch-long-sizes``, default all sizes):
+``N >= history + 1`` fills its history, so that both hold the same number of pairs (ours are allocated in full
+from the start, so our peak does not depend on the run's length). Those runs' peaks are extra rows.
 
 The results are printed as a markdown table (components x sizes, ours and PyTorch's) and written to ``--md``
 and ``--json``.
@@ -131,9 +136,11 @@ def jax_components(settings, aspect: tuple[int, int], *, compile: bool = True) -
     history = tree_bytes((lbfgs[0].s_memory, lbfgs[0].y_memory))
     deepest = max(map(vgg.layer_index, objective.layers))
     every = vgg.LAYERS[: deepest + 1]
+    kept = tuple(n for n in every if n.startswith("relu"))
     feats = jax.eval_shape(functools.partial(vgg.apply, layers=every, pooling=objective.pooling,
                                              padding=objective.padding), raw, jax.ShapeDtypeStruct((1, *x.shape),
                                                                                                     x.dtype))
+    feats = {n: feats[n] for n in kept}
     out = {"shape_hw": list(x.shape[:2]), "image": tree_bytes(x), "params": tree_bytes(raw),
            "winograd": tree_bytes(prepared) - tree_bytes(raw), "targets": tree_bytes(targets),
            "lbfgs_history": history, "step_state_other": tree_bytes(state) - history, "state": tree_bytes(state),
@@ -275,6 +282,12 @@ def _lookup(d: dict | None, key: str):
     return d
 
 
+def _long_rows(res: dict) -> list[tuple[str, str]]:
+    """``(key, label)`` rows of the longer PyTorch runs (``--torch-iterations``)."""
+    runs = sorted({int(n) for per_size in (res.get("torch_long") or {}).values() for n in per_size})
+    return [(f"long.{n}", f"measured peak RSS, {n}-iteration run (PyTorch: history held then)") for n in runs]
+
+
 def markdown(res: dict) -> str:
     """The components x sizes table (MB), ours and PyTorch's, with the run's date, machine and command."""
     sizes = res["sizes"]
@@ -284,20 +297,29 @@ def markdown(res: dict) -> str:
              + ", ".join(f"{s} px: {tuple(res['jax'][str(s)]['shape_hw'])}" for s in sizes), ""]
     head = "| component (MB) | " + " | ".join(f"ours {s} | PyTorch {s}" for s in sizes) + " |"
     lines += [head, "|---|" + "---:|" * (2 * len(sizes))]
-    for key, label in ROWS:
+    for key, label in (*ROWS, *_long_rows(res)):
         cells = []
         for s in sizes:
             for side in ("jax", "torch"):
-                v = _lookup(res[side].get(str(s)), key) if res.get(side) else None
+                if key.startswith("long."):
+                    run = (res.get("torch_long") or {}).get(str(s), {}).get(key[5:]) if side == "torch" else None
+                    v = None if run is None else run["peak_rss"]
+                    if run is not None:
+                        cells.append(f"{v / MB:,.1f} ({run['history_pairs_now']} pairs)")
+                        continue
+                else:
+                    v = _lookup(res[side].get(str(s)), key) if res.get(side) else None
                 cells.append("-" if v is None else f"{v / MB:,.1f}")
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run(sizes, weights: str = "random", *, torch: bool = True, measure: bool = True, log=print) -> dict:
+def run(sizes, weights: str = "random", *, torch: bool = True, measure: bool = True, log=print,
+        torch_iterations: tuple[int, ...] = (), torch_long_sizes=None) -> dict:
     """Every component at each size (see the module docstring); ``torch``: PyTorch's too (if installed);
-    ``measure``: run the fresh-process measurements."""
+    ``measure``: run the fresh-process measurements; ``torch_iterations``: longer PyTorch runs (at
+    ``torch_long_sizes``, default every size)."""
     import nst_jax  # noqa: F401  (the parent's runtime, for machine_info)
 
     info = bm.machine_info()
@@ -326,6 +348,10 @@ def run(sizes, weights: str = "random", *, torch: bool = True, measure: bool = T
                 log(f"{size} px: PyTorch {RUN_ITERATIONS}-iteration run ...")
                 res["torch"][str(size)] = spawn({"kind": "torch", "size": size, "workdir": tmp,
                                                  "iterations": RUN_ITERATIONS, "history": res["history"]})
+                for n in torch_iterations if torch_long_sizes is None or size in torch_long_sizes else ():
+                    log(f"{size} px: PyTorch {n}-iteration run ...")
+                    res.setdefault("torch_long", {}).setdefault(str(size), {})[str(n)] = spawn(
+                        {"kind": "torch", "size": size, "workdir": tmp, "iterations": n, "history": res["history"]})
     return res
 
 
@@ -336,6 +362,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--md", type=Path, default=None, help="also write the markdown here")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--torch-iterations", type=int, nargs="+", default=[],
+                   help="also run PyTorch this many iterations (history + 1 fills its history)")
+    p.add_argument("--torch-long-sizes", type=int, nargs="+", default=None,
+                   help="the sizes of the --torch-iterations runs (default: every size)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -345,7 +375,10 @@ def main(argv=None) -> int:
     bad = [s for s in a.sizes if s < 32]
     if bad:
         p.error(f"--sizes must be at least 32 px each, got {bad}.")
-    res = run(a.sizes, a.weights, torch=not a.no_torch, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if any(n < 1 for n in a.torch_iterations):
+        p.error(f"--torch-iterations must be at least 1 each, got {a.torch_iterations}.")
+    res = run(a.sizes, a.weights, torch=not a.no_torch, log=lambda m: print(m, file=sys.stderr, flush=True),
+              torch_iterations=tuple(a.torch_iterations), torch_long_sizes=a.torch_long_sizes)
     text = markdown(res)
     print(text)
     if a.md:

@@ -145,11 +145,13 @@ def test_nan_member_fails_alone(contents):
 
 def test_batch_size_estimate(monkeypatch):
     obj = Objective.from_settings(Settings())
-    lbfgs = optim.SolverSpec.from_settings(Settings())
+    lbfgs = optim.SolverSpec.from_settings(Settings(lbfgs_history_dtype="float32"))
     adam = optim.SolverSpec.from_settings(Settings(optimizer="adam"))
     big = batch.estimate_image_bytes((512, 512), obj, lbfgs)
-    # L-BFGS history 2 * m * H * W * 3 * 4 bytes instead of Adam's two moments
+    # L-BFGS history 2 * m * H * W * 3 * 4 bytes instead of Adam's two moments; 2 bytes a value in bfloat16
     assert big - batch.estimate_image_bytes((512, 512), obj, adam) == (2 * 100 - 2) * 512 * 512 * 3 * 4
+    bf16 = optim.SolverSpec.from_settings(Settings())
+    assert big - batch.estimate_image_bytes((512, 512), obj, bf16) == 100 * 512 * 512 * 3 * 4
     # VGG-19 activations up to relu5_1 at 512x512: ~160 M floats, x3 for the backward pass
     assert 1.8e9 < batch.estimate_image_bytes((512, 512), obj, adam) < 2.2e9
     assert batch.estimate_image_bytes((256, 256), obj, lbfgs) == pytest.approx(big / 4, rel=0.05)

@@ -118,6 +118,7 @@ NON_DEFAULT = {
     "beta2": (["--beta2", "0.9"], 0.9),
     "epsilon": (["--epsilon", "0.1"], 0.1),
     "lbfgs_history": (["--lbfgs-history", "5"], 5),
+    "lbfgs_history_dtype": (["--lbfgs-history-dtype", "float32"], "float32"),
     "lbfgs_linesearch": (["--lbfgs-linesearch", "zoom"], "zoom"),
     "tolerance_grad": (["--tolerance-grad", "1e-5"], 1e-5),
     "tolerance_change": (["--tolerance-change", "1e-9"], 1e-9),

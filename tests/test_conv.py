@@ -44,6 +44,20 @@ def test_winograd_equals_direct_forward_and_gradients(shape, padding):
     np.testing.assert_allclose(np.asarray(vm), np.asarray(yw), rtol=1e-6, atol=1e-6 * float(jnp.abs(yw).max()))
 
 
+def test_flipped_transform_is_the_flipped_kernels():
+    # The input gradient's convolution by the flipped, transposed kernel, from the forward transform permuted,
+    # equals the one from that kernel's own transform (the same numbers, so to float32 rounding).
+    rng = np.random.default_rng(3)
+    dy = jnp.asarray(rng.standard_normal((1, 7, 6, 16)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 8, 16)), jnp.float32)
+    pad = jnp.pad(dy, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    flipped = conv.winograd_kernel(jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
+    ref = conv.conv3x3_valid(pad, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
+    got = conv._winograd_valid(pad, conv.winograd_kernel(k), None, flipped=True)
+    np.testing.assert_allclose(got, conv._winograd_valid(pad, flipped, None), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_small_channel_layers_stay_direct():
     x = jnp.ones((1, 8, 8, 128))
     k = jnp.full((3, 3, 128, 16), 0.01)
@@ -93,9 +107,9 @@ def test_prepared_params_give_the_same_loss_without_transforming_kernels_per_eva
     prepared = obj.prepare(params)
     assert vgg.WINOGRAD_KEY in prepared["params"]["conv4_1"] and vgg.WINOGRAD_KEY not in prepared["params"]["conv2_1"]
     again = obj.prepare(prepared)
-    u, u_grad = prepared["params"]["conv4_1"][vgg.WINOGRAD_KEY]
+    (u,) = prepared["params"]["conv4_1"][vgg.WINOGRAD_KEY]  # the forward transform only
     np.testing.assert_array_equal(u, conv.winograd_kernel(params["params"]["conv4_1"]["kernel"]))
-    assert u.shape == (16, 256, 512) and u_grad.shape == (16, 512, 256)
+    assert u.shape == (16, 256, 512)
     (t0, g0), (t1, g1) = (jax.jit(obj.value_and_grad)(p, x, targets) for p in (params, prepared))
     for name in t0:
         assert float(t1[name]) == pytest.approx(float(t0[name]), rel=1e-6)

@@ -58,8 +58,9 @@ def problem(dtype: str = "float32"):
     content = (rng.random((H, W, 3)) * 255 - 120).astype(np_dtype)
     style = (rng.random((H, W, 3)) * 255 - 120).astype(np_dtype)
     x0 = (0.001 * rng.standard_normal((H, W, 3))).astype(np_dtype)
-    settings = nst_jax.Settings(image_size=max(H, W), precision="highest",
-                                conv_algorithm="direct")  # parity: pin full precision and XLA's convolution
+    # parity: pin full precision, XLA's convolution and torch's history storage
+    settings = nst_jax.Settings(image_size=max(H, W), precision="highest", conv_algorithm="direct",
+                                lbfgs_history_dtype="float32")
     objective = Objective.from_settings(settings)
     jparams = jax.tree.map(lambda a: jnp.asarray(a, np_dtype), params)
     targets = make_targets(objective, jparams, jnp.asarray(content), [jnp.asarray(style)], weights=settings)
