@@ -198,7 +198,7 @@ def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
     """
     t_start = time.perf_counter()
     x, offset, state = None, 0, None
-    hostmem.compact()  # what loading the params freed; and blocks above 128 KiB mapped from now on
+    hostmem.compact()  # what loading the params freed
     for stage in plan:
         inputs = prepare(stage)
         hostmem.compact()  # the targets' temporaries, before the optimizer state is allocated
