@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Rec. 601 luma weights (the luminance of :func:`texture_scale` and :func:`mean_gradient`).
-LUMA = (0.299, 0.587, 0.114)
+from nst_jax import artifacts
 
 
 def _rgb(img) -> np.ndarray:
@@ -37,8 +36,8 @@ def color_distance(a, b) -> float:
 
 
 def luminance(img) -> np.ndarray:
-    """Rec. 601 luma of an RGB image, ``(H, W)`` float64."""
-    return _rgb(img) @ np.asarray(LUMA)
+    """Rec. 601 luma of an RGB image (:func:`nst_jax.artifacts.luminance`), ``(H, W)`` float64."""
+    return artifacts.luminance(_rgb(img))
 
 
 def mean_gradient(img) -> float:
