@@ -86,7 +86,36 @@ def winograd_kernels(kernel: jax.Array) -> WinogradKernels:
 _FLIP = tuple(4 * p + q for p in (3, 1, 2, 0) for q in (3, 1, 2, 0))
 
 
+#: The most bytes that one Winograd convolution's transformed input or products (``16 x tiles x channels``,
+#: four times the layer's input or output) may take at once; a larger layer is convolved in strips of rows.
+WINOGRAD_STRIP_BYTES = 64 << 20
+
+
 def _winograd_valid(xp: jax.Array, u: jax.Array, precision, flipped: bool = False) -> jax.Array:
+    """:func:`_winograd_tiles` (same arguments and result) in horizontal strips of output rows when the
+    transformed domain of the whole layer would take more than :data:`WINOGRAD_STRIP_BYTES`.
+
+    The transformed input and the 16 products are transients four times the size of the layer's input and
+    output; at large images they were the largest buffers of the step (1664x1248: 470 MB more than the
+    direct convolution's step). Each strip reads its rows of ``xp`` with the 2-row overlap the 3x3 window
+    needs, and XLA runs the strips one after the other, so about one strip's transients are alive at once;
+    the outputs are concatenated. The numbers are those of the whole layer (each output tile's products
+    are the same, the matrix products only split into row blocks). Under ``jax.vmap`` the bound is per
+    image. Layers within the bound (at 512x384 every layer of VGG-19) are convolved in one piece.
+    """
+    n, hp, wp, c = xp.shape
+    th, tw = -(-(hp - 2) // 2), -(-(wp - 2) // 2)  # output tiles (2x2)
+    c_max = max(c, u.shape[1], u.shape[2])
+    tile_row_bytes = 16 * n * tw * c_max * jnp.dtype(xp.dtype).itemsize
+    rows = max(1, WINOGRAD_STRIP_BYTES // tile_row_bytes)  # tile rows per strip
+    if rows >= th:
+        return _winograd_tiles(xp, u, precision, flipped)
+    # Strip i makes output rows [2 rows i, 2 rows (i + 1)) from input rows [2 rows i, 2 rows (i + 1) + 2).
+    return jnp.concatenate([_winograd_tiles(xp[:, 2 * rows * i:2 * rows * (i + 1) + 2], u, precision, flipped)
+                            for i in range(-(-th // rows))], axis=1)
+
+
+def _winograd_tiles(xp: jax.Array, u: jax.Array, precision, flipped: bool = False) -> jax.Array:
     """"Valid" 3x3 convolution of ``xp`` ``(N, H+2, W+2, C_in)`` by F(2x2, 3x3) with the transformed kernel
     ``u`` ``(16, C_in, C_out)`` -> ``(N, H, W, C_out)``. With ``flipped``: the convolution by the flipped,
     transposed kernel (the input gradient's) of the kernel whose transform ``u`` is (``(16, C_out, C_in)``

@@ -44,6 +44,45 @@ def test_winograd_equals_direct_forward_and_gradients(shape, padding):
     np.testing.assert_allclose(np.asarray(vm), np.asarray(yw), rtol=1e-6, atol=1e-6 * float(jnp.abs(yw).max()))
 
 
+@pytest.mark.parametrize("shape", [(2, 13, 9, 256), (1, 8, 6, 256), (1, 2, 5, 256)])
+def test_winograd_strips_equal_the_whole_layer(monkeypatch, shape):
+    # Strips of one tile row (the smallest), odd and even heights: the same output and input gradient as the
+    # layer in one piece.
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 256, 16)) * 0.05, jnp.float32)
+    ct = jnp.asarray(rng.standard_normal(shape[:3] + (16,)), jnp.float32)
+
+    def value_and_grad():
+        f = lambda x: jnp.vdot(jnp.tanh(conv.conv3x3(x, k, algorithm="winograd")), ct)  # noqa: E731
+        return conv.conv3x3(x, k, algorithm="winograd"), jax.grad(f)(x)
+
+    y, g = value_and_grad()
+    monkeypatch.setattr(conv, "WINOGRAD_STRIP_BYTES", 1)
+    ys, gs = value_and_grad()
+    np.testing.assert_allclose(ys, y, rtol=1e-6, atol=1e-6 * float(jnp.abs(y).max()))
+    np.testing.assert_allclose(gs, g, rtol=1e-6, atol=1e-6 * float(jnp.abs(g).max()))
+
+
+def test_winograd_strips_bound_the_transients(monkeypatch):
+    # XLA's temporaries of a layer's value and input gradient (block 3 of a 512x384 image): the transformed
+    # input and the products of the whole layer are 50 MB each; in strips of 16 MB the temporaries are
+    # about two thirds (the layer's own input, output and gradient stay).
+    x = jax.ShapeDtypeStruct((1, 96, 128, 256), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((3, 3, 256, 256), jnp.float32)
+
+    def temp_bytes():
+        def input_grad(x, k):
+            t = conv.winograd_kernels(k)
+            return jax.grad(lambda x: jnp.sum(conv.conv3x3(x, k, algorithm="winograd", transforms=t) ** 2))(x)
+        return jax.jit(input_grad).lower(x, kernel).compile().memory_analysis().temp_size_in_bytes
+
+    whole = temp_bytes()
+    monkeypatch.setattr(conv, "WINOGRAD_STRIP_BYTES", 16 << 20)
+    strips = temp_bytes()
+    assert whole > 100 << 20 and strips < 0.8 * whole, (strips, whole)
+
+
 def test_flipped_transform_is_the_flipped_kernels():
     # The input gradient's convolution by the flipped, transposed kernel, from the forward transform permuted,
     # equals the one from that kernel's own transform (the same numbers, so to float32 rounding).
