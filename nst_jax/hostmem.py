@@ -12,14 +12,23 @@ it low (so that every large block is mapped and unmapped) saved a little more me
 fault its temporaries in anew, a slowdown of the L-BFGS step (BENCHMARKS.md, "Peak memory brought down").
 Elsewhere (macOS, musl, Windows) it does nothing. Set ``NST_JAX_MALLOC_COMPACT=0`` to leave the allocator
 alone.
+
+XLA's compiler is the other large user of the heap: compiling the L-BFGS step of VGG-19 allocates a few
+hundred MB of its own that it frees when done, and glibc keeps them, so the step's first execution (whose
+temporaries are the run's peak) comes on top of them. :func:`compacting_after_compiles` trims after every
+compilation that took long enough to have used much memory; the pipeline runs inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
+import threading
+
+import jax
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,3 +53,42 @@ def compact() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+#: The event jax records (with the duration) after each compilation by XLA.
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+#: Compilations shorter than this (seconds) are not followed by a trim: small programs free little, and
+#: a trim walks the whole heap.
+COMPILE_TRIM_SECONDS = 0.25
+
+_listening = 0
+_lock = threading.Lock()
+
+
+def _after_compile(event: str, duration: float, **kwargs) -> None:
+    if event == BACKEND_COMPILE_EVENT and duration >= COMPILE_TRIM_SECONDS:
+        compact()
+
+
+@contextlib.contextmanager
+def compacting_after_compiles():
+    """Within this context, the memory that XLA's compiler freed is returned to the system after each
+    compilation taking at least :data:`COMPILE_TRIM_SECONDS` (a ``jax.monitoring`` listener of
+    :data:`BACKEND_COMPILE_EVENT`), before the compiled program first runs. Nestable and thread-safe; does
+    nothing where :func:`compact` does nothing."""
+    global _listening
+    if _libc() is None:
+        yield
+        return
+    with _lock:
+        if _listening == 0:
+            jax.monitoring.register_event_duration_secs_listener(_after_compile)
+        _listening += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _listening -= 1
+            if _listening == 0:
+                jax.monitoring.unregister_event_duration_listener(_after_compile)

@@ -162,6 +162,7 @@ class Stop:
     elapsed: float
 
 
+@hostmem.compacting_after_compiles()  # the compiler's memory returned before each program first runs
 def run_stages(plan: list[Stage], prepare: Callable[[Stage], StageInputs],
                stepper: Callable[[Stage, object, int | np.ndarray], optim.Stepper], *, chunk_size: int,
                print_every: int, save_every: int = 0, on_stop: Callable[[Stop], None] | None = None,

@@ -110,6 +110,33 @@ def test_compact_returns_freed_heap_memory(setting):
         assert int(returned_mib) < 10, out.stdout
 
 
+@pytest.mark.skipif(hostmem._libc() is None, reason="glibc's allocator only")
+def test_compacting_after_compiles_trims_after_each_compilation_within_it(monkeypatch):
+    # The listener reacts to jax's own compile event (the name is jax's, not ours: this checks that it still
+    # fires), only inside the context, and nested contexts keep it until the outermost one ends.
+    calls = []
+    monkeypatch.setattr(hostmem, "compact", lambda: calls.append(1) or True)
+    monkeypatch.setattr(hostmem, "COMPILE_TRIM_SECONDS", 0.0)
+
+    def compile_new():  # a function jit has not seen, so that it compiles
+        return jax.jit(lambda a: a * len(calls) + 1.0)(jnp.ones(3)).block_until_ready()
+
+    compile_new()
+    assert calls == []
+    with hostmem.compacting_after_compiles():
+        with hostmem.compacting_after_compiles():
+            compile_new()
+        assert len(calls) == 1
+        compile_new()
+        assert len(calls) == 2
+    compile_new()
+    assert len(calls) == 2
+    monkeypatch.setattr(hostmem, "COMPILE_TRIM_SECONDS", 1e9)  # shorter compilations are let be
+    with hostmem.compacting_after_compiles():
+        compile_new()
+    assert len(calls) == 2
+
+
 def _two_loop(pairs, g):
     """neural-style's L-BFGS direction (float64) from the stored pairs, oldest first."""
     q, al = g.copy(), []
