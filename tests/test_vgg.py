@@ -306,3 +306,22 @@ def test_bad_images(random_fx, shape, dtype, match):
 def test_single_image_gets_a_batch_axis(random_fx):
     img = np.random.default_rng(2).random((8, 8, 3), dtype=np.float32)
     assert random_fx.features(img, "relu1_1")["relu1_1"].shape == (1, 8, 8, 64)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 7, 5), (1, 6, 8, 3)])
+def test_max_pool_gradient_goes_to_each_windows_first_maximum(shape):
+    # Against XLA's select-and-scatter (lax.reduce_window's gradient: the first maximum of each window in
+    # row-major order, as Caffe and PyTorch), with many ties: ReLU zeros and values rounded to a few levels.
+    from nst_jax.vgg import pool2x2
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.maximum(np.round(rng.standard_normal(shape) * 2) / 2, 0), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+
+    def reference(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    np.testing.assert_array_equal(pool2x2(x), reference(x))
+    ours = jax.vjp(pool2x2, x)[1](g)[0]
+    np.testing.assert_array_equal(ours, jax.vjp(reference, x)[1](g)[0])
+    assert float(jnp.sum(ours != 0)) == g.size  # one element per window
