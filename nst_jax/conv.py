@@ -96,8 +96,8 @@ def _winograd_valid(xp: jax.Array, u: jax.Array, precision, flipped: bool = Fals
     transformed domain of the whole layer would take more than :data:`WINOGRAD_STRIP_BYTES`.
 
     The transformed input and the 16 products are transients four times the size of the layer's input and
-    output; at large images they were the largest buffers of the step (1664x1248: 470 MB more than the
-    direct convolution's step). Each strip reads its rows of ``xp`` with the 2-row overlap the 3x3 window
+    output; at large images they were the largest buffers of the step (BENCHMARKS.md, "Compiler memory
+    returned, Winograd in strips"). Each strip reads its rows of ``xp`` with the 2-row overlap the 3x3 window
     needs, and XLA runs the strips one after the other, so about one strip's transients are alive at once;
     the outputs are concatenated. The numbers are those of the whole layer (each output tile's products
     are the same, the matrix products only split into row blocks). Under ``jax.vmap`` the bound is per
